@@ -1,0 +1,20 @@
+"""tinycnn: a small, readable convolutional-network engine on NumPy and Numba.
+
+    from tinycnn.models import Sequential
+    from tinycnn.layers import Conv2D, MaxPooling2D, BatchNormalization, Flatten, Dropout, Dense
+
+The package is built in floors (see README, "How it works"): ``kernels/`` (Numba functions on
+arrays), ``layers/`` + losses/optimizers/metrics, ``model.py`` (the training loop), and on top the
+data tools and command line.
+"""
+from . import _threads  # noqa: F401  (must run before any parallel kernel: picks the threading layer)
+from . import activations, callbacks, gradcheck, initializers, layers, losses, metrics, optimizers
+from .model import Sequential
+from .rng import set_seed
+from .saving import load_model, save_model
+from .utils import to_categorical
+
+__version__ = "0.1.0"
+
+__all__ = ["Sequential", "set_seed", "load_model", "save_model", "to_categorical", "layers", "losses",
+           "optimizers", "metrics", "callbacks", "gradcheck", "initializers", "activations"]

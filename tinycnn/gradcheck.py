@@ -1,0 +1,216 @@
+"""Gradient checks by central finite differences, in float64.
+
+If ``f`` is a scalar function of an array ``a``, then for every element
+
+    df/da_i  ~=  (f(a + eps e_i) - f(a - eps e_i)) / (2 eps)
+
+with an error of order ``eps^2``. Comparing that with what ``backward`` returns catches almost any
+mistake in a derivative. Learners can use it on their own layers:
+
+>>> from tinycnn.gradcheck import check_layers
+>>> from tinycnn.layers import Conv2D, BatchNormalization
+>>> report = check_layers([Conv2D(4, 3, padding='same'), BatchNormalization()], input_shape=(5, 5, 3))
+>>> report.max_error() < 1e-6
+True
+
+Layers are checked *inside a stack*: the scalar is ``sum(R * stack(x))`` for a fixed random ``R``, so
+each layer's backward receives a non-trivial gradient and an input gradient that nobody uses cannot
+pass unnoticed. Layers given in float32 are cloned to float64 (with the same weights) first.
+Stochastic layers (Dropout) are replayed with the same random state on every evaluation, so their
+mask is fixed.
+
+The error reported for an array is ``max|analytic - numeric| / max(max|analytic|, max|numeric|)``,
+a relative error that stays meaningful when some entries are near zero.
+"""
+import numpy as np
+
+from . import rng
+
+DEFAULT_EPS = 1e-6
+
+
+def numerical_gradient(f, a, eps=DEFAULT_EPS):
+    """Central-difference gradient of the scalar ``f()`` with respect to ``a``, perturbed in place.
+
+    Parameters
+    ----------
+    f : callable () -> float
+        Reads ``a`` (and anything else) and returns a scalar.
+    a : ndarray, float64
+        Perturbed element by element and restored.
+    """
+    grad = np.zeros(a.shape, dtype=np.float64)
+    flat = a.reshape(-1)
+    g = grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = f()
+        flat[i] = old - eps
+        down = f()
+        flat[i] = old
+        g[i] = (up - down) / (2 * eps)
+    return grad
+
+
+def relative_error(analytic, numeric):
+    """``max|a - n| / max(max|a|, max|n|)`` (0 when both are all zero)."""
+    analytic = np.asarray(analytic, dtype=np.float64)
+    numeric = np.asarray(numeric, dtype=np.float64)
+    scale = max(np.abs(analytic).max(initial=0.0), np.abs(numeric).max(initial=0.0))
+    if scale == 0:
+        return 0.0
+    return float(np.abs(analytic - numeric).max() / scale)
+
+
+class GradcheckReport:
+    """Relative errors by name (``'input'``, ``'conv2d/kernel'``, ...)."""
+
+    def __init__(self, errors):
+        self.errors = dict(errors)
+
+    def max_error(self):
+        return max(self.errors.values(), default=0.0)
+
+    def assert_close(self, tol=1e-6):
+        bad = {k: v for k, v in self.errors.items() if not v <= tol}
+        if bad:
+            raise AssertionError(f"gradient check failed (tolerance {tol:g}): {bad}")
+        return self
+
+    def __repr__(self):
+        rows = ", ".join(f"{k}: {v:.2e}" for k, v in self.errors.items())
+        return f"GradcheckReport({rows})"
+
+
+def as_float64(layer):
+    """A float64 twin of ``layer`` (same configuration; same weights if it was built)."""
+    if layer.dtype == np.float64:
+        return layer
+    config = dict(layer.get_config(), dtype="float64")
+    twin = type(layer).from_config(config)
+    if layer.built:
+        twin.build(layer.input_shape)
+        twin.set_weights(layer.get_weights())
+    for attr in ("generator",):
+        if hasattr(layer, attr):
+            setattr(twin, attr, getattr(layer, attr))
+    return twin
+
+
+def _random_state_keeper(layers):
+    """Snapshot every layer generator's state; the returned function restores it."""
+    gens = [layer.generator for layer in layers if isinstance(getattr(layer, "generator", None),
+                                                               np.random.Generator)]
+    states = [g.bit_generator.state for g in gens]
+
+    def restore():
+        for g, s in zip(gens, states):
+            g.bit_generator.state = s
+    return restore
+
+
+def check_layers(layers, input_shape=None, x=None, batch_size=2, training=True, eps=DEFAULT_EPS, seed=0,
+                 check_input=True):
+    """Check every gradient of a stack of layers against finite differences.
+
+    Parameters
+    ----------
+    layers : Layer or list of Layer
+    input_shape : tuple, optional
+        Per-sample input shape; needed unless ``x`` is given.
+    x : ndarray (N, ...), optional
+        The input batch; random normal of ``batch_size`` samples by default.
+    training : bool
+        Mode of the forward pass (batch statistics for BatchNormalization, masks for Dropout).
+    eps : float
+        Finite-difference step.
+    check_input : bool
+        Also check the gradient with respect to ``x``.
+
+    Returns
+    -------
+    GradcheckReport
+    """
+    if not isinstance(layers, (list, tuple)):
+        layers = [layers]
+    layers = [as_float64(layer) for layer in layers]
+    gen = rng.generator(seed)
+    if x is None:
+        if input_shape is None:
+            raise ValueError("check_layers: give `input_shape` or `x`")
+        x = gen.standard_normal((batch_size,) + tuple(input_shape))
+    x = np.array(x, dtype=np.float64)
+    shape = x.shape[1:]
+    for layer in layers:
+        if not layer.built:
+            layer.build(shape)
+        layer.input_grad_needed = True
+        shape = layer.output_shape
+    restore = _random_state_keeper(layers)
+
+    def forward():
+        restore()
+        out = x
+        for layer in layers:
+            out = layer.forward(out, training=training)
+        return out
+
+    projection = gen.standard_normal((x.shape[0],) + tuple(shape))
+
+    def objective():
+        return float(np.sum(forward() * projection))
+
+    forward()
+    grad = projection.copy()
+    for layer in reversed(layers):
+        grad = layer.backward(grad)
+    errors = {}
+    if check_input:
+        errors["input"] = relative_error(grad, numerical_gradient(objective, x, eps))
+    analytic = {(layer.name, k): layer.grads[k].copy() for layer in layers for k in layer.params}
+    for layer in layers:
+        for key, value in layer.params.items():
+            numeric = numerical_gradient(objective, value, eps)
+            errors[f"{layer.name}/{key}"] = relative_error(analytic[(layer.name, key)], numeric)
+    return GradcheckReport(errors)
+
+
+def check_loss(loss, y_pred, y_true, logits=None, sample_weight=None, eps=DEFAULT_EPS):
+    """Check ``loss.value_and_grad`` with respect to ``y_pred`` (probabilities or logits)."""
+    y_pred = np.array(y_pred, dtype=np.float64)
+
+    def objective():
+        return loss.value_and_grad(y_true, y_pred, sample_weight, logits=logits)[0]
+
+    _, _, grad = loss.value_and_grad(y_true, y_pred, sample_weight, logits=logits)
+    return GradcheckReport({"y_pred": relative_error(grad, numerical_gradient(objective, y_pred, eps))})
+
+
+def check_model(model, x, y, sample_weight=None, training=True, eps=DEFAULT_EPS):
+    """Check every parameter gradient of a compiled float64 model, loss included.
+
+    This checks the whole training step as ``fit`` runs it: the softmax folded into the loss, label
+    smoothing, focal loss, sample weights. Build the model's layers with ``dtype='float64'``.
+    """
+    if model.dtype != np.float64:
+        raise ValueError("check_model: build the model's layers with dtype='float64' for a gradient check")
+    x = model._check_x(x, "check_model")
+    y = model._check_y(y, x.shape[0], "check_model")
+    x = np.array(x, dtype=np.float64)
+    restore = _random_state_keeper(model.layers)
+
+    def objective():
+        restore()
+        out = model._forward(x, training)
+        return model._loss(out, y, sample_weight)[0]
+
+    restore()
+    model.compute_gradients(x, y, sample_weight, training=training)
+    analytic = {(layer.name, k): layer.grads[k].copy() for layer in model.layers for k in layer.params}
+    errors = {}
+    for layer in model.layers:
+        for key, value in layer.params.items():
+            numeric = numerical_gradient(objective, value, eps)
+            errors[f"{layer.name}/{key}"] = relative_error(analytic[(layer.name, key)], numeric)
+    return GradcheckReport(errors)

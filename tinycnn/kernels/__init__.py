@@ -1,0 +1,18 @@
+"""Floor 1: Numba kernels on arrays.
+
+Every function here is a plain ``@njit(cache=True)`` function on NumPy arrays: no classes, no state.
+They are generic over float32 and float64 (Numba compiles one version per dtype on first call) and
+trust their inputs: shapes and dtypes are checked once, one floor up, in the layers.
+
+Reading order for a learner:
+
+* ``conv.py``          im2col / col2im: how a convolution becomes one matrix product
+* ``activations.py``   ReLU (fused with the bias), softmax, sigmoid, tanh, dropout
+* ``pooling.py``       max pooling with argmax, average pooling
+* ``normalization.py`` batch-norm moments and the per-channel affine map
+* ``losses.py``        cross-entropy and focal loss from logits (log-sum-exp) and from probabilities
+* ``optimizers.py``    Adam and SGD updates, in place
+* ``reference.py``     the same operations as plain textbook loops, for reading and for tests
+
+The fast and the reference versions must agree; ``tests/test_kernels.py`` checks that they do.
+"""

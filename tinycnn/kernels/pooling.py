@@ -1,0 +1,138 @@
+"""Pooling kernels, NHWC, each beside its gradient.
+
+Max pooling keeps, for every output, the flat index ``h * W + w`` of the input that won, so that the
+backward pass is a scatter: ``dx[winner] += dy``. Ties go to the first element in row-major window
+order. Windows that reach into ``'same'`` padding ignore the padded positions (TensorFlow's rule):
+for max pooling they never win, for average pooling they are not counted in the divisor.
+
+Backward passes are parallel over images only: within one image, overlapping windows (stride smaller
+than the pool) may send gradient to the same input, so that part stays sequential and race-free.
+"""
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def maxpool_forward(x, ph, pw, sh, sw, pt, pl, y, argmax):
+    """
+    x : ndarray (N, H, W, C)
+    ph, pw, sh, sw : pool size and strides; pt, pl : leading padding
+    y : ndarray (N, OH, OW, C), written; argmax : ndarray (N, OH, OW, C) int32, written
+    """
+    n_img, h, w, c = x.shape
+    oh, ow = y.shape[1], y.shape[2]
+    for t in prange(n_img * oh):
+        n = t // oh
+        i = t % oh
+        for j in range(ow):
+            first = True
+            for a in range(ph):
+                hi = i * sh - pt + a
+                if hi < 0 or hi >= h:
+                    continue
+                for b in range(pw):
+                    wi = j * sw - pl + b
+                    if wi < 0 or wi >= w:
+                        continue
+                    idx = hi * w + wi
+                    if first:
+                        for ch in range(c):
+                            y[n, i, j, ch] = x[n, hi, wi, ch]
+                            argmax[n, i, j, ch] = idx
+                        first = False
+                    else:
+                        for ch in range(c):
+                            v = x[n, hi, wi, ch]
+                            if v > y[n, i, j, ch]:
+                                y[n, i, j, ch] = v
+                                argmax[n, i, j, ch] = idx
+
+
+@njit(parallel=True, cache=True)
+def maxpool_backward(dy, argmax, dx):
+    """dy, argmax : (N, OH, OW, C); dx : (N, H, W, C), overwritten."""
+    n_img, oh, ow, c = dy.shape
+    w = dx.shape[2]
+    for n in prange(n_img):
+        dx[n] = 0
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    idx = argmax[n, i, j, ch]
+                    dx[n, idx // w, idx % w, ch] += dy[n, i, j, ch]
+
+
+@njit(parallel=True, cache=True)
+def avgpool_forward(x, ph, pw, sh, sw, pt, pl, y):
+    """Mean over the window's positions that lie inside the image."""
+    n_img, h, w, c = x.shape
+    oh, ow = y.shape[1], y.shape[2]
+    for t in prange(n_img * oh):
+        n = t // oh
+        i = t % oh
+        for j in range(ow):
+            for ch in range(c):
+                y[n, i, j, ch] = 0
+            count = 0
+            for a in range(ph):
+                hi = i * sh - pt + a
+                if hi < 0 or hi >= h:
+                    continue
+                for b in range(pw):
+                    wi = j * sw - pl + b
+                    if wi < 0 or wi >= w:
+                        continue
+                    count += 1
+                    for ch in range(c):
+                        y[n, i, j, ch] += x[n, hi, wi, ch]
+            inv = 1.0 / count
+            for ch in range(c):
+                y[n, i, j, ch] *= inv
+
+
+@njit(parallel=True, cache=True)
+def avgpool_backward(dy, ph, pw, sh, sw, pt, pl, dx):
+    """Each window hands ``dy / count`` to every in-image position it covered."""
+    n_img, h, w, c = dx.shape
+    oh, ow = dy.shape[1], dy.shape[2]
+    for n in prange(n_img):
+        dx[n] = 0
+        for i in range(oh):
+            h0 = max(i * sh - pt, 0)
+            h1 = min(i * sh - pt + ph, h)
+            for j in range(ow):
+                w0 = max(j * sw - pl, 0)
+                w1 = min(j * sw - pl + pw, w)
+                inv = 1.0 / ((h1 - h0) * (w1 - w0))
+                for hi in range(h0, h1):
+                    for wi in range(w0, w1):
+                        for ch in range(c):
+                            dx[n, hi, wi, ch] += dy[n, i, j, ch] * inv
+
+
+@njit(parallel=True, cache=True)
+def global_avgpool_forward(x, y):
+    """x : (N, H, W, C) -> y : (N, C), the mean over H and W."""
+    n_img, h, w, c = x.shape
+    inv = 1.0 / (h * w)
+    for n in prange(n_img):
+        for ch in range(c):
+            y[n, ch] = 0
+        for hi in range(h):
+            for wi in range(w):
+                for ch in range(c):
+                    y[n, ch] += x[n, hi, wi, ch]
+        for ch in range(c):
+            y[n, ch] *= inv
+
+
+@njit(parallel=True, cache=True)
+def global_avgpool_backward(dy, dx):
+    """dy : (N, C) -> dx : (N, H, W, C) = dy / (H*W) at every position."""
+    n_img, h, w, c = dx.shape
+    inv = 1.0 / (h * w)
+    for n in prange(n_img):
+        for hi in range(h):
+            for wi in range(w):
+                for ch in range(c):
+                    dx[n, hi, wi, ch] = dy[n, ch] * inv

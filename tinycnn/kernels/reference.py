@@ -1,0 +1,231 @@
+"""The textbook versions: every operation as plain, obvious Python loops over NumPy arrays.
+
+Slow on purpose. Read these first to see *what* is computed; read the fast kernels next to see *how*
+it is made quick. ``tests/test_kernels.py`` checks that both give the same numbers.
+
+Layouts are those of the package: images NHWC ``(N, H, W, C)``, convolution kernels
+``(KH, KW, C_in, C_out)``.
+"""
+import math
+
+import numpy as np
+
+
+def conv_output_length(size, kernel, stride, padding):
+    """Output length and leading padding (TensorFlow rule; see ``conv.conv_output_length``)."""
+    if padding == "valid":
+        return (size - kernel) // stride + 1, 0
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return out, total // 2
+
+
+# --- convolution ----------------------------------------------------------------------------------
+
+def conv2d_forward(x, w, b, strides=(1, 1), padding="valid"):
+    """y[n,i,j,f] = b[f] + sum_{a,c,ch} x[n, i*sh-ph+a, j*sw-pw+c, ch] * w[a,c,ch,f]"""
+    n_img, h, wd, cin = x.shape
+    kh, kw, _, cout = w.shape
+    sh, sw = strides
+    oh, ph = conv_output_length(h, kh, sh, padding)
+    ow, pw = conv_output_length(wd, kw, sw, padding)
+    y = np.zeros((n_img, oh, ow, cout), dtype=x.dtype)
+    for n in range(n_img):
+        for i in range(oh):
+            for j in range(ow):
+                for f in range(cout):
+                    total = b[f] if b is not None else 0.0
+                    for a in range(kh):
+                        for c in range(kw):
+                            hi, wi = i * sh - ph + a, j * sw - pw + c
+                            if 0 <= hi < h and 0 <= wi < wd:
+                                for ch in range(cin):
+                                    total += x[n, hi, wi, ch] * w[a, c, ch, f]
+                    y[n, i, j, f] = total
+    return y
+
+
+def conv2d_backward(x, w, dy, strides=(1, 1), padding="valid"):
+    """Gradients (dx, dw, db) of sum(y * dy): each product in the forward sum sends its share back."""
+    n_img, h, wd, cin = x.shape
+    kh, kw, _, cout = w.shape
+    sh, sw = strides
+    _, ph = conv_output_length(h, kh, sh, padding)
+    _, pw = conv_output_length(wd, kw, sw, padding)
+    oh, ow = dy.shape[1], dy.shape[2]
+    dx = np.zeros_like(x)
+    dw = np.zeros_like(w)
+    db = dy.sum(axis=(0, 1, 2))
+    for n in range(n_img):
+        for i in range(oh):
+            for j in range(ow):
+                for f in range(cout):
+                    g = dy[n, i, j, f]
+                    for a in range(kh):
+                        for c in range(kw):
+                            hi, wi = i * sh - ph + a, j * sw - pw + c
+                            if 0 <= hi < h and 0 <= wi < wd:
+                                for ch in range(cin):
+                                    dx[n, hi, wi, ch] += g * w[a, c, ch, f]
+                                    dw[a, c, ch, f] += g * x[n, hi, wi, ch]
+    return dx, dw, db
+
+
+# --- pooling --------------------------------------------------------------------------------------
+
+def _windows(h, w, pool, strides, padding):
+    """Yield (i, j, [(hi, wi), ...]) for every output position, in-image positions only."""
+    oh, pt = conv_output_length(h, pool[0], strides[0], padding)
+    ow, pl = conv_output_length(w, pool[1], strides[1], padding)
+    for i in range(oh):
+        for j in range(ow):
+            cells = [(i * strides[0] - pt + a, j * strides[1] - pl + c)
+                     for a in range(pool[0]) for c in range(pool[1])]
+            yield i, j, [(hi, wi) for hi, wi in cells if 0 <= hi < h and 0 <= wi < w]
+
+
+def maxpool_forward(x, pool=(2, 2), strides=None, padding="valid"):
+    strides = strides or pool
+    n_img, h, w, c = x.shape
+    oh, _ = conv_output_length(h, pool[0], strides[0], padding)
+    ow, _ = conv_output_length(w, pool[1], strides[1], padding)
+    y = np.zeros((n_img, oh, ow, c), dtype=x.dtype)
+    for n in range(n_img):
+        for i, j, cells in _windows(h, w, pool, strides, padding):
+            for ch in range(c):
+                y[n, i, j, ch] = max(x[n, hi, wi, ch] for hi, wi in cells)
+    return y
+
+
+def maxpool_backward(x, dy, pool=(2, 2), strides=None, padding="valid"):
+    """The gradient goes to the (first) largest element of each window."""
+    strides = strides or pool
+    n_img, h, w, c = x.shape
+    dx = np.zeros_like(x)
+    for n in range(n_img):
+        for i, j, cells in _windows(h, w, pool, strides, padding):
+            for ch in range(c):
+                values = [x[n, hi, wi, ch] for hi, wi in cells]
+                hi, wi = cells[int(np.argmax(values))]
+                dx[n, hi, wi, ch] += dy[n, i, j, ch]
+    return dx
+
+
+def avgpool_forward(x, pool=(2, 2), strides=None, padding="valid"):
+    strides = strides or pool
+    n_img, h, w, c = x.shape
+    oh, _ = conv_output_length(h, pool[0], strides[0], padding)
+    ow, _ = conv_output_length(w, pool[1], strides[1], padding)
+    y = np.zeros((n_img, oh, ow, c), dtype=x.dtype)
+    for n in range(n_img):
+        for i, j, cells in _windows(h, w, pool, strides, padding):
+            for ch in range(c):
+                y[n, i, j, ch] = sum(x[n, hi, wi, ch] for hi, wi in cells) / len(cells)
+    return y
+
+
+def avgpool_backward(x, dy, pool=(2, 2), strides=None, padding="valid"):
+    strides = strides or pool
+    n_img, h, w, c = x.shape
+    dx = np.zeros_like(x)
+    for n in range(n_img):
+        for i, j, cells in _windows(h, w, pool, strides, padding):
+            for hi, wi in cells:
+                dx[n, hi, wi, :] += dy[n, i, j, :] / len(cells)
+    return dx
+
+
+def global_avgpool_forward(x):
+    return x.mean(axis=(1, 2))
+
+
+def global_avgpool_backward(x, dy):
+    h, w = x.shape[1], x.shape[2]
+    return np.broadcast_to(dy[:, None, None, :] / (h * w), x.shape).copy()
+
+
+# --- batch normalization --------------------------------------------------------------------------
+
+def batchnorm_forward(x, gamma, beta, eps):
+    """Training mode over every axis but the last. Returns y, batch mean, batch variance."""
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes)
+    var = ((x - mean) ** 2).mean(axis=axes)
+    xhat = (x - mean) / np.sqrt(var + eps)
+    return gamma * xhat + beta, mean, var
+
+
+def batchnorm_backward(x, dy, gamma, eps):
+    """The three-term formula: dx = gamma / sqrt(var+eps) * (dy - mean(dy) - xhat * mean(dy*xhat))."""
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes)
+    var = ((x - mean) ** 2).mean(axis=axes)
+    inv = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mean) * inv
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * xhat).sum(axis=axes)
+    dx = gamma * inv * (dy - dy.mean(axis=axes) - xhat * (dy * xhat).mean(axis=axes))
+    return dx, dgamma, dbeta
+
+
+def batchnorm_inference(x, gamma, beta, moving_mean, moving_var, eps):
+    return gamma * (x - moving_mean) / np.sqrt(moving_var + eps) + beta
+
+
+# --- activations, dropout -------------------------------------------------------------------------
+
+def relu(z):
+    return np.maximum(z, 0)
+
+
+def relu_backward(dy, y):
+    return dy * (y > 0)
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_backward(dy, y):
+    return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
+
+
+def dropout(x, u, rate):
+    """Inverted dropout: keep where u >= rate and divide by the keep probability."""
+    keep = u >= rate
+    return np.where(keep, x / (1 - rate), 0).astype(x.dtype), keep
+
+
+# --- losses (per sample, from logits) -------------------------------------------------------------
+
+def log_softmax(z):
+    top = z.max(axis=-1, keepdims=True)
+    return z - top - np.log(np.exp(z - top).sum(axis=-1, keepdims=True))
+
+
+def cross_entropy_from_logits(z, y):
+    """Per-sample loss and d(sum of losses)/dz."""
+    logp = log_softmax(z)
+    return -(y * logp).sum(axis=-1), np.exp(logp) * y.sum(axis=-1, keepdims=True) - y
+
+
+def focal_from_logits(z, y, alpha, gamma):
+    """Per-sample focal loss -sum a y (1-p)^g log p; its gradient by the textbook chain rule."""
+    logp = log_softmax(z)
+    p = np.exp(logp)
+    q = 1 - p
+    loss = -(alpha * y * q ** gamma * logp).sum(axis=-1)
+    # dL/dp_k, then through the softmax Jacobian J_kj = p_k (delta_kj - p_j).
+    dl_dp = -alpha * y * (q ** gamma / p - gamma * q ** (gamma - 1) * logp)
+    return loss, softmax_backward(dl_dp, p)
+
+
+# --- optimizers -----------------------------------------------------------------------------------
+
+def adam_step(p, g, m, v, t, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """One Keras Adam step; returns new (p, m, v)."""
+    m = beta_1 * m + (1 - beta_1) * g
+    v = beta_2 * v + (1 - beta_2) * g * g
+    lr_t = lr * math.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+    return p - lr_t * m / (np.sqrt(v) + epsilon), m, v

@@ -1,0 +1,289 @@
+"""The ``Layer`` base class: parameters by name, build, forward beside backward.
+
+A layer's life:
+
+1. ``__init__`` checks its hyperparameters (a bad one raises at once, naming the argument).
+2. ``build(input_shape)`` learns the per-sample input shape (no batch axis), checks it, and creates
+   the weights. ``output_shape`` is known from then on.
+3. ``forward(x, training)`` computes the output for a batch and keeps what ``backward`` will need.
+4. ``backward(grad_out)`` returns the gradient with respect to the input and stores the gradient
+   of every trainable parameter in ``self.grads[name]``.
+
+``forward``/``backward`` trust their inputs (the model validated them once, at its entry). Calling a
+layer directly, ``layer(x)``, goes through :meth:`Layer.__call__`, which validates, builds if needed
+and casts to the layer's dtype first.
+"""
+import re
+from collections import defaultdict
+
+import numpy as np
+
+from .. import activations
+from .. import initializers
+from .. import rng
+from ..kernels import conv as conv_kernels
+from ..kernels._util import column_sums
+
+_name_counts = defaultdict(int)
+
+
+def _snake(name):
+    """Keras's rule: ``Conv2D`` -> ``conv2d``, ``MaxPooling2D`` -> ``max_pooling2d``."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def unique_name(base):
+    """Keras-style automatic names: ``conv2d``, ``conv2d_1``, ``conv2d_2``, ..."""
+    count = _name_counts[base]
+    _name_counts[base] += 1
+    return base if count == 0 else f"{base}_{count}"
+
+
+def check_int_tuple(value, n, argument, owner, minimum=1):
+    """Turn ``3`` or ``(3, 3)`` into a tuple of ``n`` ints >= ``minimum``, or raise naming the argument."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value),) * n
+    try:
+        value = tuple(value)
+    except TypeError:
+        value = None
+    ok = (value is not None and len(value) == n
+          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum
+                  for v in value))
+    if not ok:
+        raise ValueError(f"{owner}: invalid value for argument `{argument}`: expected an int >= {minimum} "
+                         f"or a tuple of {n} such ints, received {value!r}")
+    return tuple(int(v) for v in value)
+
+
+def check_padding(padding, owner):
+    if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+        raise ValueError(f"{owner}: invalid value for argument `padding`: expected 'valid' or 'same', "
+                         f"received {padding!r}")
+    return padding.lower()
+
+
+class Layer:
+    """Base class of every layer.
+
+    Parameters
+    ----------
+    name : str, optional
+        Unique name; by default the snake-case class name with a counter (``conv2d_1``).
+    dtype : {'float32', 'float64'}
+        Dtype of weights and computation. float32 trains; float64 is for gradient checks.
+    input_shape : tuple of int, optional
+        Per-sample input shape (no batch axis), for the first layer of a model, as in Keras.
+    trainable : bool
+        If False the optimizer leaves this layer's parameters alone.
+    """
+
+    #: Keras order of the arrays returned by ``get_weights()``; trainable ones are in ``params``,
+    #: the others (batch-norm moving statistics) in ``state``.
+    weight_names = ()
+
+    def __init__(self, name=None, dtype="float32", input_shape=None, trainable=True, **kwargs):
+        cls = type(self).__name__
+        if kwargs:
+            raise TypeError(f"{cls}: unexpected keyword argument(s) {sorted(kwargs)}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{cls}: argument `name` must be a str, received {name!r}")
+        self.name = name or unique_name(_snake(cls))
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            self.dtype = None
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"{self.describe()}: invalid value for argument `dtype`: expected 'float32' "
+                             f"or 'float64', received {dtype!r}")
+        if input_shape is not None:
+            input_shape = check_int_tuple(input_shape, len(tuple(input_shape)), "input_shape",
+                                          self.describe())
+        self.input_shape_arg = input_shape
+        self.trainable = bool(trainable)
+        self.built = False
+        self.input_shape = None
+        self.output_shape = None
+        self.params = {}
+        self.grads = {}
+        self.state = {}
+        #: False for a model's first layer: its input gradient is never used, so skip computing it.
+        self.input_grad_needed = True
+
+    def describe(self):
+        """``"Layer 'conv2d' (Conv2D)"``: how error messages name this layer."""
+        return f"Layer '{getattr(self, 'name', '?')}' ({type(self).__name__})"
+
+    # --- building ---------------------------------------------------------------------------------
+
+    def build(self, input_shape):
+        """Check the per-sample ``input_shape``, create weights, set ``output_shape``."""
+        input_shape = tuple(int(d) for d in input_shape)
+        self.output_shape = self.compute_output_shape(input_shape)
+        self.input_shape = input_shape
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def add_weight(self, name, shape, initializer, trainable=True):
+        """Create a weight from an initializer, in this layer's dtype, C-contiguous."""
+        value = np.ascontiguousarray(initializer(tuple(shape), self._rng()), dtype=self.dtype)
+        if trainable:
+            self.params[name] = value
+            self.grads[name] = np.zeros_like(value)
+        else:
+            self.state[name] = value
+        return value
+
+    def _rng(self):
+        if not hasattr(self, "_weight_rng"):
+            self._weight_rng = rng.generator()
+        return self._weight_rng
+
+    def _expect_rank(self, input_shape, rank, what):
+        if len(input_shape) != rank:
+            raise ValueError(f"{self.describe()}: expected input of rank {rank + 1} {what}, received "
+                             f"input with shape {(None,) + tuple(input_shape)}")
+
+    # --- computing --------------------------------------------------------------------------------
+
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, grad_out):
+        raise NotImplementedError
+
+    def __call__(self, x, training=False):
+        """Validated forward pass for direct use: ``y = layer(x)``."""
+        x = np.asarray(x)
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"{self.describe()}: expected a real numeric array, received dtype {x.dtype}")
+        if not self.built:
+            if x.ndim < 1:
+                raise ValueError(f"{self.describe()}: expected a batch of inputs, received a scalar")
+            self.build(x.shape[1:])
+        if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"{self.describe()}: expected input with shape {(None,) + self.input_shape}, "
+                             f"received {x.shape}")
+        return self.forward(np.ascontiguousarray(x, dtype=self.dtype), training=training)
+
+    # --- weights ----------------------------------------------------------------------------------
+
+    def _weight(self, name):
+        return self.params[name] if name in self.params else self.state[name]
+
+    def get_weights(self):
+        """Copies of the weights, in Keras's order and layouts."""
+        return [self._weight(n).copy() for n in self.weight_names if self._has_weight(n)]
+
+    def _has_weight(self, name):
+        return name in self.params or name in self.state
+
+    def set_weights(self, weights):
+        """Copy ``weights`` (same order and shapes as ``get_weights()``) into the layer, in place."""
+        names = [n for n in self.weight_names if self._has_weight(n)]
+        if not self.built:
+            raise ValueError(f"{self.describe()}: cannot set weights before the layer is built "
+                             f"(its input shape is not known yet)")
+        if len(weights) != len(names):
+            raise ValueError(f"{self.describe()}: expected {len(names)} weight arrays {names}, "
+                             f"received {len(weights)}")
+        for n, w in zip(names, weights):
+            w = np.asarray(w)
+            target = self._weight(n)
+            if w.shape != target.shape:
+                raise ValueError(f"{self.describe()}: weight '{n}' must have shape {target.shape}, "
+                                 f"received {w.shape}")
+            if w.dtype.kind not in "biuf":
+                raise TypeError(f"{self.describe()}: weight '{n}' must be numeric, received dtype {w.dtype}")
+            target[...] = w
+
+    def count_params(self):
+        return int(sum(self._weight(n).size for n in self.weight_names if self._has_weight(n)))
+
+    def get_config(self):
+        """Constructor arguments as plain JSON data (see ``saving.py``)."""
+        config = {"name": self.name, "dtype": self.dtype.name, "trainable": self.trainable}
+        if self.input_shape_arg is not None:
+            config["input_shape"] = list(self.input_shape_arg)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r} built={self.built}>"
+
+
+class ActivatedLayer(Layer):
+    """A layer ``y = activation(linear(x) + bias)``: Conv2D and Dense.
+
+    The bias add and a ReLU run as one fused pass (``kernels.conv.bias_act_forward``). For the other
+    activations the pre-activation ``z`` is kept as ``self.logits``, so that a softmax (or sigmoid)
+    head can hand its logits to the loss: the model then calls :meth:`backward_from_logits` with
+    ``dL/dz`` and the activation's own backward is skipped.
+    """
+
+    def _init_activation(self, activation, use_bias, kernel_initializer, bias_initializer):
+        self.activation = activations.get(activation, self.describe())
+        if not isinstance(use_bias, (bool, np.bool_)):
+            raise ValueError(f"{self.describe()}: invalid value for argument `use_bias`: expected a bool, "
+                             f"received {use_bias!r}")
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
+        self.logits = None
+
+    def _activation_config(self):
+        config = {"activation": self.activation.name, "use_bias": self.use_bias}
+        for arg in ("kernel_initializer", "bias_initializer"):
+            name = initializers.name_of(getattr(self, arg))
+            if name is None:
+                raise ValueError(f"{self.describe()}: a custom `{arg}` callable cannot be saved; "
+                                 f"use one of the named initializers")
+            config[arg] = name
+        return config
+
+    def _bias(self):
+        return self.params["bias"] if self.use_bias else np.empty(0, dtype=self.dtype)
+
+    def _activate(self, z2d):
+        """Bias + activation on the (M, F) product, in place where possible. Returns y2d."""
+        relu = self.activation.name == "relu"
+        conv_kernels.bias_act_forward(z2d, self._bias(), relu)
+        if relu or self.activation.name == "linear":
+            self.logits = None if relu else z2d
+            return z2d
+        self.logits = z2d
+        return self.activation.forward(z2d)
+
+    def _activation_backward(self, dy2d, y2d):
+        """``dL/dz`` from ``dL/dy``; also stores the bias gradient."""
+        name = self.activation.name
+        if name in ("relu", "linear"):
+            dz2d = np.empty_like(dy2d)
+            db = conv_kernels.bias_act_backward(dy2d, y2d, name == "relu", dz2d)
+        else:
+            dz2d = self.activation.backward(dy2d, y2d)
+            db = column_sums(dz2d) if self.use_bias else None
+        if self.use_bias:
+            self.grads["bias"][...] = db
+        return dz2d
+
+    def backward(self, grad_out):
+        dy2d = grad_out.reshape(-1, grad_out.shape[-1])
+        dz2d = self._activation_backward(dy2d, self._y2d)
+        return self._linear_backward(dz2d)
+
+    def backward_from_logits(self, grad_logits):
+        """Backward pass starting from ``dL/dz`` (the loss folded the activation in)."""
+        dz2d = np.ascontiguousarray(grad_logits.reshape(-1, grad_logits.shape[-1]))
+        if self.use_bias:
+            self.grads["bias"][...] = column_sums(dz2d)
+        return self._linear_backward(dz2d)
+
+    def _linear_backward(self, dz2d):
+        raise NotImplementedError

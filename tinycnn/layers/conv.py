@@ -1,0 +1,150 @@
+"""Conv2D: a 2-D convolution as im2col + one BLAS matrix product per batch chunk."""
+import numpy as np
+
+from ..kernels import conv as K
+from .base import ActivatedLayer, check_int_tuple, check_padding
+
+# The column matrix of one chunk of the batch is kept near this size, so that it stays in cache
+# between im2col and the product and memory stays bounded whatever the batch size.
+COLUMN_CHUNK_BYTES = 8 * 2**20
+
+
+class Conv2D(ActivatedLayer):
+    """2-D convolution over NHWC images, Keras's ``Conv2D``.
+
+    Parameters
+    ----------
+    filters : int
+        Number of output channels ``F``.
+    kernel_size : int or (int, int)
+    strides : int or (int, int), default 1
+    padding : {'valid', 'same'}, default 'valid' (as Keras)
+    activation : None, 'relu', 'sigmoid', 'tanh' or 'softmax'
+    use_bias : bool, default True
+    kernel_initializer : default 'glorot_uniform'
+    bias_initializer : default 'zeros'
+
+    Weights
+    -------
+    kernel : ndarray (KH, KW, C_in, F)  -- Keras's layout
+    bias : ndarray (F,)
+
+    Notes
+    -----
+    Output size per spatial axis (TensorFlow's rule):
+    ``'valid'``: ``floor((H - KH) / sh) + 1``; ``'same'``: ``ceil(H / sh)``, zero padding split with
+    the extra row/column at the bottom/right.
+
+    Forward, for each chunk of images: ``cols = im2col(x)`` (rows = output pixels, columns =
+    receptive field), ``y = cols @ kernel.reshape(-1, F)``; the result is already NHWC. Backward:
+    ``dW = cols.T @ dz``, ``dcols = dz @ W.T``, ``dx = col2im(dcols)``. The columns are rebuilt in
+    the backward pass instead of being stored, trading a cheap copy for a lot of memory.
+    ``dilation_rate`` and ``groups`` are not supported.
+    """
+
+    weight_names = ("kernel", "bias")
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
+                 use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters <= 0:
+            raise ValueError(f"{self.describe()}: invalid value for argument `filters`: expected a positive "
+                             f"int, received {filters!r}")
+        self.filters = int(filters)
+        self.kernel_size = check_int_tuple(kernel_size, 2, "kernel_size", self.describe())
+        self.strides = check_int_tuple(strides, 2, "strides", self.describe())
+        self.padding = check_padding(padding, self.describe())
+        self._init_activation(activation, use_bias, kernel_initializer, bias_initializer)
+
+    def compute_output_shape(self, input_shape):
+        self._expect_rank(input_shape, 3, "(batch, height, width, channels)")
+        h, w, _ = input_shape
+        kh, kw = self.kernel_size
+        if self.padding == "valid" and (h < kh or w < kw):
+            raise ValueError(f"{self.describe()}: kernel_size {self.kernel_size} is larger than the input "
+                             f"({h}, {w}) with padding='valid'; use padding='same' or a smaller kernel")
+        oh, _ = K.conv_output_length(h, kh, self.strides[0], self.padding)
+        ow, _ = K.conv_output_length(w, kw, self.strides[1], self.padding)
+        return (oh, ow, self.filters)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        h, w, c = self.input_shape
+        kh, kw = self.kernel_size
+        _, self._pad_h = K.conv_output_length(h, kh, self.strides[0], self.padding)
+        _, self._pad_w = K.conv_output_length(w, kw, self.strides[1], self.padding)
+        self.add_weight("kernel", (kh, kw, c, self.filters), self.kernel_initializer)
+        if self.use_bias:
+            self.add_weight("bias", (self.filters,), self.bias_initializer)
+        # 1x1 kernels with stride 1 need no im2col: the input *is* the column matrix.
+        self._pointwise = (kh, kw) == (1, 1) and self.strides == (1, 1)
+
+    def _chunk_images(self, n):
+        oh, ow, _ = self.output_shape
+        row_bytes = np.prod(self.kernel_size) * self.input_shape[2] * self.dtype.itemsize
+        return int(max(1, min(n, COLUMN_CHUNK_BYTES // max(1, oh * ow * row_bytes))))
+
+    def _columns(self, x_chunk, out):
+        """im2col of a chunk into ``out`` (rows x KH*KW*C); returns the filled view."""
+        oh, ow, _ = self.output_shape
+        kh, kw = self.kernel_size
+        if self._pointwise:
+            return x_chunk.reshape(-1, x_chunk.shape[-1])
+        cols = out[: x_chunk.shape[0] * oh * ow]
+        K.im2col(x_chunk, kh, kw, self.strides[0], self.strides[1], self._pad_h, self._pad_w, oh, ow, cols)
+        return cols
+
+    def forward(self, x, training=False):
+        n = x.shape[0]
+        oh, ow, f = self.output_shape
+        pix = oh * ow
+        w2d = self.params["kernel"].reshape(-1, f)
+        y = np.empty((n, oh, ow, f), dtype=self.dtype)
+        y2d = y.reshape(-1, f)
+        step = self._chunk_images(n)
+        buf = None if self._pointwise else np.empty((step * pix, w2d.shape[0]), dtype=self.dtype)
+        for n0 in range(0, n, step):
+            n1 = min(n, n0 + step)
+            cols = self._columns(x[n0:n1], buf)
+            np.matmul(cols, w2d, out=y2d[n0 * pix:n1 * pix])
+        out2d = self._activate(y2d)
+        self._x = x
+        self._y2d = out2d
+        return out2d.reshape(n, oh, ow, f)
+
+    def _linear_backward(self, dz2d):
+        x = self._x
+        n = x.shape[0]
+        oh, ow, f = self.output_shape
+        pix = oh * ow
+        kh, kw = self.kernel_size
+        w2d = self.params["kernel"].reshape(-1, f)
+        dw2d = self.grads["kernel"].reshape(-1, f)
+        dw2d[...] = 0
+        dx = np.empty_like(x) if self.input_grad_needed else None
+        step = self._chunk_images(n)
+        buf = None if self._pointwise else np.empty((step * pix, w2d.shape[0]), dtype=self.dtype)
+        part = np.empty_like(dw2d)
+        for n0 in range(0, n, step):
+            n1 = min(n, n0 + step)
+            cols = self._columns(x[n0:n1], buf)
+            dz = dz2d[n0 * pix:n1 * pix]
+            np.matmul(cols.T, dz, out=part)
+            dw2d += part
+            if dx is None:
+                continue
+            if self._pointwise:
+                np.matmul(dz, w2d.T, out=dx[n0:n1].reshape(-1, w2d.shape[0]))
+            else:
+                dcols = cols  # the columns are no longer needed: reuse their memory
+                np.matmul(dz, w2d.T, out=dcols)
+                K.col2im(dcols, kh, kw, self.strides[0], self.strides[1], self._pad_h, self._pad_w,
+                         oh, ow, dx[n0:n1])
+        self._x = None
+        return dx
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, kernel_size=list(self.kernel_size), strides=list(self.strides),
+                      padding=self.padding, **self._activation_config())
+        return config

@@ -1,0 +1,533 @@
+"""``Sequential``: a stack of layers with Keras's build / compile / fit / evaluate / predict.
+
+The training loop lives here and nowhere else. One step, for a batch ``(x, y)``:
+
+1. forward: ``out = layer_n(...layer_1(x))`` in training mode;
+2. loss and its gradient with respect to the output. When the last layer ends in a softmax (or a
+   sigmoid) and the loss takes probabilities, the loss is computed from that layer's logits and the
+   gradient starts at the logits (``p - y`` for cross-entropy): exact, and no ``log(0)``;
+3. backward through the layers in reverse, each storing its parameter gradients;
+4. the optimizer updates every trainable parameter in place.
+
+Inputs are validated once, here, at the entry points; the layers trust what they are given.
+"""
+import math
+import sys
+import warnings
+
+import numpy as np
+
+from . import callbacks as callbacks_module
+from . import losses as losses_module
+from . import metrics as metrics_module
+from . import optimizers as optimizers_module
+from . import rng
+from .layers.base import Layer, unique_name
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+class Sequential:
+    """A linear stack of layers, Keras's ``Sequential``.
+
+    Parameters
+    ----------
+    layers : list of Layer, optional
+    name : str, optional
+
+    Examples
+    --------
+    >>> model = Sequential([Conv2D(8, 3, activation='relu', input_shape=(28, 28, 1)),
+    ...                     Flatten(), Dense(2, activation='softmax')])
+    >>> model.compile(optimizer='adam', loss='categorical_crossentropy', metrics=['accuracy'])
+    >>> history = model.fit(x, y, epochs=3, validation_split=0.2)
+    """
+
+    def __init__(self, layers=None, name=None):
+        self.name = name or unique_name("sequential")
+        self.layers = []
+        self.built = False
+        self.compiled = False
+        self.optimizer = None
+        self.loss = None
+        self.metrics = []
+        self.stop_training = False
+        self.history = None
+        for layer in layers or []:
+            self.add(layer)
+
+    # --- structure --------------------------------------------------------------------------------
+
+    def add(self, layer):
+        """Append a layer. Names must be unique within the model."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add: expected a tinycnn layer instance, received {layer!r}"
+                            + (" (a class: did you forget the parentheses?)" if isinstance(layer, type) else ""))
+        if any(existing.name == layer.name for existing in self.layers):
+            raise ValueError(f"Sequential.add: the model already has a layer named '{layer.name}'")
+        if self.layers and layer.input_shape_arg is not None:
+            raise ValueError(f"{layer.describe()}: `input_shape` is only meaningful on the first layer")
+        self.layers.append(layer)
+        self.built = False
+
+    @property
+    def input_shape(self):
+        """Per-sample input shape with a leading ``None``, once known."""
+        return (None,) + self.layers[0].input_shape if self.built else None
+
+    @property
+    def output_shape(self):
+        return (None,) + self.layers[-1].output_shape if self.built else None
+
+    @property
+    def dtype(self):
+        return self.layers[0].dtype
+
+    def build(self, input_shape=None):
+        """Build every layer in turn from the per-sample ``input_shape`` (no batch axis).
+
+        Without an argument the first layer's ``input_shape=`` is used. Keras's form with a leading
+        ``None`` batch axis is accepted too.
+        """
+        if not self.layers:
+            raise ValueError(f"Model '{self.name}' has no layers: add some before building it")
+        if input_shape is None:
+            input_shape = self.layers[0].input_shape_arg
+        if input_shape is None:
+            raise ValueError(f"Model '{self.name}' does not know its input shape yet: pass `input_shape=` to "
+                             f"the first layer, call build(input_shape), or call fit/predict with data first")
+        input_shape = tuple(input_shape)
+        if input_shape and input_shape[0] is None:
+            input_shape = input_shape[1:]
+        dtypes = {layer.dtype for layer in self.layers}
+        if len(dtypes) > 1:
+            raise ValueError(f"Model '{self.name}': all layers must share one dtype, found "
+                             f"{sorted(d.name for d in dtypes)}")
+        shape = input_shape
+        grad_needed = False
+        for layer in self.layers:
+            if not layer.built or layer.input_shape != tuple(shape):
+                if layer.built:
+                    raise ValueError(f"{layer.describe()} was built for input {(None,) + layer.input_shape} "
+                                     f"but receives {(None,) + tuple(shape)} in this model")
+                layer.build(shape)
+            # A layer needs to pass a gradient to its input only if something below it learns.
+            layer.input_grad_needed = grad_needed
+            grad_needed = grad_needed or bool(layer.params)
+            shape = layer.output_shape
+        self.built = True
+        self._head_fusion()
+
+    def _head_fusion(self):
+        """Decide whether the loss takes the last layer's logits (see the module docstring)."""
+        head = self.layers[-1]
+        act = getattr(head, "activation", None)
+        self._fused = (self.loss is not None and not self.loss.from_logits and act is not None
+                       and self.loss.fuses_with == act.name)
+
+    # --- compile ----------------------------------------------------------------------------------
+
+    def compile(self, optimizer="adam", loss=None, metrics=None):
+        """Configure training.
+
+        Parameters
+        ----------
+        optimizer : 'adam', 'sgd' or an Optimizer, default 'adam'
+            Keras's default is 'rmsprop', which tinycnn does not ship; Adam is what people pass.
+        loss : str or Loss
+            'categorical_crossentropy', 'sparse_categorical_crossentropy',
+            'categorical_focal_crossentropy', 'binary_crossentropy', or an instance.
+        metrics : list of str or Metric, optional
+            'accuracy' picks the accuracy matching the loss, as in Keras.
+        """
+        if loss is None:
+            raise ValueError("compile: argument `loss` is required, e.g. loss='categorical_crossentropy'")
+        self.optimizer = optimizers_module.get(optimizer)
+        self.loss = losses_module.get(loss)
+        if metrics is None:
+            metrics = []
+        if isinstance(metrics, (str, metrics_module.Metric)):
+            metrics = [metrics]
+        self.metrics = [metrics_module.get(m, self.loss.target_kind) for m in metrics]
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names) or "loss" in names:
+            raise ValueError(f"compile: metric names must be unique and not 'loss', received {names}")
+        self.compiled = True
+        if not self.built and self.layers and self.layers[0].input_shape_arg is not None:
+            self.build()
+        if self.built:
+            self._head_fusion()
+
+    def _require_compiled(self, where):
+        if not self.compiled:
+            raise RuntimeError(f"{where}: the model must be compiled first: call "
+                               f"model.compile(optimizer='adam', loss='categorical_crossentropy', "
+                               f"metrics=['accuracy']) before {where}()")
+
+    # --- validation at the entry points -----------------------------------------------------------
+
+    def _check_x(self, x, where, argument="x"):
+        if x is None:
+            raise ValueError(f"{where}: argument `{argument}` is required")
+        x = np.asarray(x)
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"{where}: `{argument}` must be a real numeric array, received dtype {x.dtype}")
+        if not self.built:
+            if x.ndim < 2:
+                raise ValueError(f"{where}: `{argument}` must be a batch of samples (N, ...), received shape "
+                                 f"{x.shape}")
+            self.build(x.shape[1:])
+        first = self.layers[0]
+        expected = (None,) + first.input_shape
+        if x.ndim != len(expected) or tuple(x.shape[1:]) != first.input_shape:
+            raise ValueError(f"{where}: input to layer '{first.name}' ({type(first).__name__}) must have shape "
+                             f"{expected}, received `{argument}` with shape {x.shape}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{where}: `{argument}` holds no samples (shape {x.shape})")
+        if x.dtype.kind == "f":
+            finite = np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+            if not finite.all():
+                raise ValueError(f"{where}: `{argument}` contains NaN or Inf, first in sample "
+                                 f"{int(np.argmin(finite))}")
+        return x
+
+    def _check_y(self, y, n, where, argument="y"):
+        if y is None:
+            raise ValueError(f"{where}: argument `{argument}` (the targets) is required")
+        head = self.layers[-1]
+        if len(head.output_shape) != 1:
+            raise ValueError(f"{where}: the loss expects the model's output to be (batch, classes), but "
+                             f"{head.describe()} outputs {(None,) + head.output_shape}; end the model with "
+                             f"Flatten() or GlobalAveragePooling2D() and a Dense layer")
+        y = self.loss.check_targets(y, head.output_shape[-1], owner=where)
+        if y.shape[0] != n:
+            raise ValueError(f"{where}: `x` has {n} samples but `{argument}` has {y.shape[0]}; they must match")
+        return y
+
+    def _check_sample_weight(self, sample_weight, n, where):
+        if sample_weight is None:
+            return None
+        w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+        if w.shape[0] != n or not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError(f"{where}: `sample_weight` must hold {n} finite non-negative values, received "
+                             f"shape {np.shape(sample_weight)}")
+        return w
+
+    def _class_labels(self, y):
+        if self.loss.target_kind == "sparse":
+            return y.astype(np.int64)
+        if y.shape[1] == 1:
+            return (y[:, 0] > 0.5).astype(np.int64)
+        return np.argmax(y, axis=1)
+
+    def _class_weights(self, class_weight, y, where):
+        """Per-sample weights from ``class_weight`` (a dict or ``'balanced'``)."""
+        labels = self._class_labels(y)
+        n_classes = max(self.layers[-1].output_shape[-1], 2)
+        if isinstance(class_weight, str) and class_weight == "balanced":
+            from sklearn.utils.class_weight import compute_class_weight
+            present = np.unique(labels)
+            weights = compute_class_weight("balanced", classes=present, y=labels)
+            table = np.ones(n_classes)
+            table[present] = weights
+        elif isinstance(class_weight, dict):
+            table = np.ones(n_classes)
+            for key, value in class_weight.items():
+                if not _is_int(key) or not 0 <= key < n_classes:
+                    raise ValueError(f"{where}: `class_weight` key {key!r} is not a class index in [0, {n_classes})")
+                if not isinstance(value, (int, float, np.floating, np.integer)) or not value >= 0:
+                    raise ValueError(f"{where}: `class_weight` value for class {key} must be a float >= 0, "
+                                     f"received {value!r}")
+                table[key] = float(value)
+        else:
+            raise ValueError(f"{where}: `class_weight` must be a dict {{class_index: weight}} or 'balanced', "
+                             f"received {class_weight!r}")
+        return table[labels]
+
+    def _check_batch_size(self, batch_size, where):
+        if batch_size is None:
+            return 32
+        if not _is_int(batch_size) or batch_size <= 0:
+            raise ValueError(f"{where}: invalid value for argument `batch_size`: expected a positive int, "
+                             f"received {batch_size!r}")
+        return int(batch_size)
+
+    # --- one step ---------------------------------------------------------------------------------
+
+    def _forward(self, x, training):
+        for layer in self.layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    def _loss(self, out, y, sample_weight):
+        """Loss value, per-sample losses and the gradient to start backward from."""
+        if self._fused:
+            value, per_sample, grad = self.loss.value_and_grad(y, self.layers[-1].logits, sample_weight,
+                                                               logits=True)
+        else:
+            value, per_sample, grad = self.loss.value_and_grad(y, out.reshape(out.shape[0], -1), sample_weight)
+        return value, per_sample, grad
+
+    def _backward(self, grad):
+        head = self.layers[-1]
+        grad = head.backward_from_logits(grad) if self._fused else head.backward(grad.reshape(
+            (-1,) + head.output_shape))
+        for layer in reversed(self.layers[:-1]):
+            if grad is None:
+                break
+            grad = layer.backward(grad)
+        return grad
+
+    def _trainable(self):
+        return [(f"{layer.name}/{key}", value, layer.grads[key])
+                for layer in self.layers if layer.trainable for key, value in layer.params.items()]
+
+    def compute_gradients(self, x, y, sample_weight=None, training=True):
+        """Forward and backward on one batch without updating: returns ``(loss, output)``; the
+        gradients are left in each ``layer.grads``. Used by ``train_on_batch`` and ``gradcheck``."""
+        out = self._forward(x, training=training)
+        value, _, grad = self._loss(out, y, sample_weight)
+        self._backward(grad)
+        return value, out
+
+    def _batch(self, x, index):
+        return np.ascontiguousarray(x[index], dtype=self.dtype)
+
+    # --- fit --------------------------------------------------------------------------------------
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0):
+        """Train for ``epochs`` passes over ``(x, y)``; returns a :class:`~tinycnn.callbacks.History`.
+
+        Arguments and defaults are Keras's. ``validation_split`` takes the *last* fraction of the
+        data before shuffling, as Keras does. ``class_weight`` is a dict ``{class: weight}`` or
+        ``'balanced'`` (weights ``N / (K * count_k)``, scikit-learn's rule).
+        """
+        self._require_compiled("fit")
+        x = self._check_x(x, "fit")
+        y = self._check_y(y, x.shape[0], "fit")
+        batch_size = self._check_batch_size(batch_size, "fit")
+        if not _is_int(epochs) or epochs < 0:
+            raise ValueError(f"fit: invalid value for argument `epochs`: expected an int >= 0, received {epochs!r}")
+        sw = self._check_sample_weight(sample_weight, x.shape[0], "fit")
+        if class_weight is not None:
+            cw = self._class_weights(class_weight, y, "fit")
+            sw = cw if sw is None else sw * cw
+        if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
+            raise ValueError(f"fit: invalid value for argument `validation_split`: expected a float in [0, 1), "
+                             f"received {validation_split!r}")
+        if validation_data is None and validation_split:
+            n_val = int(x.shape[0] * validation_split)
+            if n_val == 0 or n_val == x.shape[0]:
+                raise ValueError(f"fit: validation_split={validation_split} leaves no samples for training or "
+                                 f"validation out of {x.shape[0]}")
+            cut = x.shape[0] - n_val
+            validation_data = (x[cut:], y[cut:]) if sw is None else (x[cut:], y[cut:], sw[cut:])
+            x, y = x[:cut], y[:cut]
+            sw = None if sw is None else sw[:cut]
+        if validation_data is not None:
+            validation_data = self._check_validation(validation_data)
+
+        n = x.shape[0]
+        steps = math.ceil(n / batch_size)
+        verbose = 1 if verbose == "auto" else int(verbose)
+        self.history = callbacks_module.History()
+        cbs = list(callbacks or [])
+        if verbose:
+            cbs.insert(0, callbacks_module.ProgressBar(verbose=verbose, steps=steps, epochs=epochs))
+        cbs.append(self.history)
+        for cb in cbs:
+            cb.set_model(self)
+        shuffle_rng = rng.generator()
+        self.stop_training = False
+        warned_nan = False
+        for cb in cbs:
+            cb.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            for cb in cbs:
+                cb.on_epoch_begin(epoch)
+            order = shuffle_rng.permutation(n) if shuffle else None
+            loss_sum = 0.0
+            for m in self.metrics:
+                m.reset()
+            for step in range(steps):
+                lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
+                index = order[lo:hi] if shuffle else slice(lo, hi)
+                xb, yb = self._batch(x, index), y[index]
+                wb = None if sw is None else sw[index]
+                value, out = self.compute_gradients(xb, yb, wb)
+                self.optimizer.apply(self._trainable())
+                loss_sum += value * (hi - lo)
+                for m in self.metrics:
+                    m.update(yb, out.reshape(out.shape[0], -1), wb)
+                logs = {"loss": loss_sum / hi, **{m.name: m.result() for m in self.metrics}}
+                if not math.isfinite(value) and not warned_nan:
+                    warnings.warn(f"fit: the loss became {value} at epoch {epoch + 1}, batch {step + 1}; training "
+                                  f"has diverged (try a smaller learning rate, or pass "
+                                  f"callbacks=[TerminateOnNaN()])", RuntimeWarning, stacklevel=2)
+                    warned_nan = True
+                for cb in cbs:
+                    cb.on_train_batch_end(step, logs)
+                if self.stop_training:
+                    break
+            if validation_data is not None:
+                val = self._evaluate_arrays(*validation_data, batch_size=batch_size)
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            for cb in cbs:
+                cb.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        for cb in cbs:
+            cb.on_train_end()
+        return self.history
+
+    def _check_validation(self, validation_data):
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("fit: `validation_data` must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight)")
+        xv = self._check_x(validation_data[0], "fit", "validation_data[0]")
+        yv = self._check_y(validation_data[1], xv.shape[0], "fit", "validation_data[1]")
+        wv = (self._check_sample_weight(validation_data[2], xv.shape[0], "fit")
+              if len(validation_data) == 3 else None)
+        return xv, yv, wv
+
+    # --- evaluate / predict -----------------------------------------------------------------------
+
+    def _evaluate_arrays(self, x, y, sample_weight=None, batch_size=32):
+        n = x.shape[0]
+        loss_sum = 0.0
+        for m in self.metrics:
+            m.reset()
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            out = self._forward(self._batch(x, slice(lo, hi)), training=False)
+            wb = None if sample_weight is None else sample_weight[lo:hi]
+            value, _, _ = self._loss(out, y[lo:hi], wb)
+            loss_sum += value * (hi - lo)
+            for m in self.metrics:
+                m.update(y[lo:hi], out.reshape(out.shape[0], -1), wb)
+        return {"loss": loss_sum / n, **{m.name: m.result() for m in self.metrics}}
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, return_dict=False):
+        """Loss and metrics in inference mode: ``[loss, *metrics]`` (or just the loss with no metrics),
+        or a dict with ``return_dict=True``, as Keras returns them."""
+        self._require_compiled("evaluate")
+        x = self._check_x(x, "evaluate")
+        y = self._check_y(y, x.shape[0], "evaluate")
+        batch_size = self._check_batch_size(batch_size, "evaluate")
+        sw = self._check_sample_weight(sample_weight, x.shape[0], "evaluate")
+        result = self._evaluate_arrays(x, y, sw, batch_size)
+        verbose = 1 if verbose == "auto" else int(verbose)
+        if verbose:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in result.items()), file=sys.stdout)
+        if return_dict:
+            return result
+        values = list(result.values())
+        return values[0] if len(values) == 1 else values
+
+    def predict(self, x, batch_size=None, verbose=0):
+        """Outputs for ``x`` in inference mode, batch by batch: ``(N,) + output_shape``.
+
+        Keras's default ``verbose`` is 'auto'; tinycnn prints nothing unless asked.
+        """
+        x = self._check_x(x, "predict")
+        batch_size = self._check_batch_size(batch_size, "predict")
+        n = x.shape[0]
+        out = np.empty((n,) + self.layers[-1].output_shape, dtype=self.dtype)
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            out[lo:hi] = self._forward(self._batch(x, slice(lo, hi)), training=False)
+        return out
+
+    def __call__(self, x, training=False):
+        """``model(x)``: the forward pass on a batch, validated, as Keras's functional call."""
+        x = self._check_x(x, "Sequential.__call__")
+        return self._forward(np.ascontiguousarray(x, dtype=self.dtype), training=training)
+
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
+        """One optimizer step on one batch; returns the loss (and metrics on that batch)."""
+        self._require_compiled("train_on_batch")
+        x = self._check_x(x, "train_on_batch")
+        y = self._check_y(y, x.shape[0], "train_on_batch")
+        sw = self._check_sample_weight(sample_weight, x.shape[0], "train_on_batch")
+        if class_weight is not None:
+            cw = self._class_weights(class_weight, y, "train_on_batch")
+            sw = cw if sw is None else sw * cw
+        value, out = self.compute_gradients(np.ascontiguousarray(x, dtype=self.dtype), y, sw)
+        self.optimizer.apply(self._trainable())
+        result = {"loss": value}
+        for m in self.metrics:
+            m.reset()
+            m.update(y, out.reshape(out.shape[0], -1), sw)
+            result[m.name] = m.result()
+        if return_dict:
+            return result
+        values = list(result.values())
+        return values[0] if len(values) == 1 else values
+
+    # --- weights, summary, saving -----------------------------------------------------------------
+
+    def get_weights(self):
+        """All layers' weights, in layer order and Keras's per-layer order and layouts."""
+        self._require_built("get_weights")
+        return [w for layer in self.layers for w in layer.get_weights()]
+
+    def set_weights(self, weights):
+        """Inverse of :meth:`get_weights`; shapes must match exactly."""
+        self._require_built("set_weights")
+        weights = list(weights)
+        expected = sum(len(layer.get_weights()) for layer in self.layers)
+        if len(weights) != expected:
+            raise ValueError(f"set_weights: model '{self.name}' has {expected} weight arrays, received "
+                             f"{len(weights)}")
+        i = 0
+        for layer in self.layers:
+            k = len(layer.get_weights())
+            layer.set_weights(weights[i:i + k])
+            i += k
+
+    def _require_built(self, where):
+        if not self.built:
+            try:
+                self.build()
+            except ValueError:
+                raise ValueError(f"{where}: model '{self.name}' is not built yet (its input shape is unknown): "
+                                 f"pass `input_shape=` to the first layer or call build(input_shape)") from None
+
+    def count_params(self):
+        self._require_built("count_params")
+        return sum(layer.count_params() for layer in self.layers)
+
+    def summary(self, print_fn=None):
+        """Print a Keras-style table: layer (type), output shape, parameter count, then totals."""
+        self._require_built("summary")
+        print_fn = print_fn or print
+        labels = [f"{layer.name} ({type(layer).__name__})" for layer in self.layers]
+        widths = (max(30, max(len(s) for s in labels) + 2), 26, 12)
+        rule = "_" * sum(widths)
+        lines = [f'Model: "{self.name}"', rule,
+                 "Layer (type)".ljust(widths[0]) + "Output Shape".ljust(widths[1]) + "Param #".rjust(widths[2]),
+                 "=" * sum(widths)]
+        for label, layer in zip(labels, self.layers):
+            lines.append(label.ljust(widths[0]) + str((None,) + layer.output_shape).ljust(widths[1])
+                         + f"{layer.count_params():,}".rjust(widths[2]))
+        total = self.count_params()
+        trainable = sum(v.size for _, v, _ in self._trainable())
+        itemsize = self.dtype.itemsize
+        lines += ["=" * sum(widths),
+                  f"Total params: {total:,} ({total * itemsize / 1024:,.2f} KB)",
+                  f"Trainable params: {trainable:,}",
+                  f"Non-trainable params: {total - trainable:,}",
+                  rule]
+        print_fn("\n".join(lines))
+
+    def save(self, filepath):
+        """Save architecture, weights, compile settings and optimizer state to one file (no pickle).
+        See :func:`tinycnn.saving.save_model`."""
+        from .saving import save_model
+        save_model(self, filepath)
+
+    def __repr__(self):
+        return f"<Sequential name={self.name!r} layers={len(self.layers)} built={self.built}>"
