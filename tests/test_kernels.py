@@ -1,0 +1,255 @@
+"""The fast Numba kernels against their textbook twins in kernels/reference.py, on random inputs,
+in float32 and float64."""
+import numpy as np
+import pytest
+
+from tinycnn.kernels import activations as A
+from tinycnn.kernels import conv as C
+from tinycnn.kernels import losses as L
+from tinycnn.kernels import normalization as N
+from tinycnn.kernels import optimizers as O
+from tinycnn.kernels import pooling as P
+from tinycnn.kernels import reference as R
+from tinycnn.kernels._util import column_sums
+
+DTYPES = [np.float32, np.float64]
+
+
+def tol(dtype):
+    return dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
+
+
+def rand(shape, dtype, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def conv_geometry(h, w, kh, kw, sh, sw, padding):
+    oh, ph = C.conv_output_length(h, kh, sh, padding)
+    ow, pw = C.conv_output_length(w, kw, sw, padding)
+    return oh, ow, ph, pw
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("h, w, c, kh, kw, sh, sw, padding", [
+    (5, 6, 3, 3, 3, 1, 1, "same"),
+    (7, 7, 2, 3, 3, 2, 2, "same"),
+    (7, 6, 2, 3, 2, 2, 1, "valid"),
+    (4, 4, 5, 1, 1, 1, 1, "valid"),
+    (6, 5, 1, 5, 5, 3, 2, "same"),
+])
+def test_conv_by_im2col_matches_direct_loops(dtype, h, w, c, kh, kw, sh, sw, padding):
+    x = rand((2, h, w, c), dtype)
+    wt = rand((kh, kw, c, 4), dtype, 1)
+    dy_seed = 2
+    oh, ow, ph, pw = conv_geometry(h, w, kh, kw, sh, sw, padding)
+    cols = np.empty((2 * oh * ow, kh * kw * c), dtype=dtype)
+    C.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols)
+    y = (cols @ wt.reshape(-1, 4)).reshape(2, oh, ow, 4)
+    np.testing.assert_allclose(y, R.conv2d_forward(x, wt, None, (sh, sw), padding), **tol(dtype))
+
+    dy = rand(y.shape, dtype, dy_seed)
+    dx_ref, dw_ref, _ = R.conv2d_backward(x, wt, dy, (sh, sw), padding)
+    dx = np.empty_like(x)
+    C.col2im(dy.reshape(-1, 4) @ wt.reshape(-1, 4).T, kh, kw, sh, sw, ph, pw, oh, ow, dx)
+    np.testing.assert_allclose(dx, dx_ref, **tol(dtype))
+    np.testing.assert_allclose((cols.T @ dy.reshape(-1, 4)).reshape(wt.shape), dw_ref, **tol(dtype))
+
+
+def test_col2im_is_the_adjoint_of_im2col():
+    # <im2col(x), c> == <x, col2im(c)> for any x and c: the defining property of the backward pass.
+    x = rand((3, 7, 5, 2), np.float64)
+    oh, ow, ph, pw = conv_geometry(7, 5, 3, 3, 2, 2, "same")
+    cols = np.empty((3 * oh * ow, 18))
+    C.im2col(x, 3, 3, 2, 2, ph, pw, oh, ow, cols)
+    c = rand(cols.shape, np.float64, 5)
+    back = np.empty_like(x)
+    C.col2im(c, 3, 3, 2, 2, ph, pw, oh, ow, back)
+    assert np.isclose(np.sum(cols * c), np.sum(x * back), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("relu", [True, False])
+def test_bias_activation_epilogue(dtype, relu):
+    z = rand((40, 6), dtype)
+    b = rand((6,), dtype, 1)
+    y = z.copy()
+    C.bias_act_forward(y, b, relu)
+    expected = z + b
+    if relu:
+        expected = np.maximum(expected, 0)
+    np.testing.assert_allclose(y, expected, **tol(dtype))
+    dy = rand(y.shape, dtype, 2)
+    dz = np.empty_like(dy)
+    db = C.bias_act_backward(dy, y, relu, dz)
+    expected_dz = R.relu_backward(dy, y) if relu else dy
+    np.testing.assert_allclose(dz, expected_dz, **tol(dtype))
+    np.testing.assert_allclose(db, expected_dz.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pool, strides, padding, shape", [
+    ((2, 2), (2, 2), "valid", (2, 6, 7, 3)),
+    ((3, 3), (2, 2), "same", (2, 7, 6, 2)),
+    ((3, 2), (1, 1), "valid", (1, 5, 5, 4)),
+])
+def test_pooling_matches_reference(dtype, pool, strides, padding, shape):
+    x = rand(shape, dtype)
+    oh, ow, pt, pl = conv_geometry(shape[1], shape[2], pool[0], pool[1], strides[0], strides[1], padding)
+    y = np.empty((shape[0], oh, ow, shape[3]), dtype=dtype)
+    arg = np.empty(y.shape, dtype=np.int32)
+    P.maxpool_forward(x, *pool, *strides, pt, pl, y, arg)
+    np.testing.assert_array_equal(y, R.maxpool_forward(x, pool, strides, padding))
+    dy = rand(y.shape, dtype, 1)
+    dx = np.empty_like(x)
+    P.maxpool_backward(dy, arg, dx)
+    np.testing.assert_allclose(dx, R.maxpool_backward(x, dy, pool, strides, padding), **tol(dtype))
+
+    P.avgpool_forward(x, *pool, *strides, pt, pl, y)
+    np.testing.assert_allclose(y, R.avgpool_forward(x, pool, strides, padding), **tol(dtype))
+    P.avgpool_backward(dy, *pool, *strides, pt, pl, dx)
+    np.testing.assert_allclose(dx, R.avgpool_backward(x, dy, pool, strides, padding), **tol(dtype))
+
+
+def test_maxpool_ties_go_to_the_first_element():
+    x = np.ones((1, 2, 2, 1))
+    y = np.empty((1, 1, 1, 1))
+    arg = np.empty((1, 1, 1, 1), dtype=np.int32)
+    P.maxpool_forward(x, 2, 2, 2, 2, 0, 0, y, arg)
+    dx = np.empty_like(x)
+    P.maxpool_backward(np.ones_like(y), arg, dx)
+    assert dx.reshape(-1).tolist() == [1, 0, 0, 0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_global_average_pooling(dtype):
+    x = rand((3, 4, 5, 6), dtype)
+    y = np.empty((3, 6), dtype=dtype)
+    P.global_avgpool_forward(x, y)
+    np.testing.assert_allclose(y, R.global_avgpool_forward(x), **tol(dtype))
+    dx = np.empty_like(x)
+    P.global_avgpool_backward(y, dx)
+    np.testing.assert_allclose(dx, R.global_avgpool_backward(x, y), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_kernels_match_reference(dtype):
+    x = rand((4, 5, 3, 6), dtype) * 3 + 2
+    gamma = rand((6,), np.float64, 1)
+    beta = rand((6,), np.float64, 2)
+    eps = 1e-3
+    x2d = x.reshape(-1, 6)
+    mean, var = N.moments(x2d)
+    y_ref, mean_ref, var_ref = R.batchnorm_forward(x.astype(np.float64), gamma, beta, eps)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(var, var_ref, rtol=1e-6, atol=1e-6)
+    inv = 1 / np.sqrt(var + eps)
+    y = np.empty_like(x2d)
+    N.channel_affine(x2d, (gamma * inv).astype(dtype), (beta - mean * gamma * inv).astype(dtype), y)
+    np.testing.assert_allclose(y.reshape(x.shape), y_ref, **tol(dtype))
+
+    dy = rand(x.shape, dtype, 3)
+    dx_ref, dgamma_ref, dbeta_ref = R.batchnorm_backward(x.astype(np.float64), dy.astype(np.float64), gamma, eps)
+    sum_dy, sum_dy_xc = N.backward_sums(dy.reshape(-1, 6), x2d, mean.astype(dtype))
+    np.testing.assert_allclose(sum_dy, dbeta_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sum_dy_xc * inv, dgamma_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_moments_survive_a_large_mean_in_float32():
+    # Naive E[x^2] - E[x]^2 in float32 loses everything here; the shifted sums do not.
+    gen = np.random.default_rng(0)
+    x = (1e4 + gen.standard_normal((4096, 3))).astype(np.float32)
+    mean, var = N.moments(x)
+    np.testing.assert_allclose(var, x.astype(np.float64).var(axis=0), rtol=1e-6)
+
+
+def test_parallel_sums_do_not_depend_on_the_thread_count():
+    import numba
+    x = rand((10007, 5), np.float32)
+    results = []
+    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+        numba.set_num_threads(threads)
+        results.append((column_sums(x), N.moments(x)[1]))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for a, b in zip(results[0], results[-1]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["relu", "softmax", "sigmoid", "tanh"])
+def test_activation_kernels(dtype, name):
+    z = rand((7, 5), dtype) * 3
+    forward, backward = {"relu": (A.relu_forward, A.relu_backward), "softmax": (A.softmax_forward, A.softmax_backward),
+                         "sigmoid": (A.sigmoid_forward, A.sigmoid_backward),
+                         "tanh": (A.tanh_forward, A.tanh_backward)}[name]
+    y = np.empty_like(z)
+    forward(z, y)
+    z64 = z.astype(np.float64)
+    expected = {"relu": R.relu, "softmax": R.softmax, "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
+                "tanh": np.tanh}[name](z64)
+    np.testing.assert_allclose(y, expected, **tol(dtype))
+    dy = rand(z.shape, dtype, 1)
+    dz = np.empty_like(dy)
+    backward(dy, y, dz)
+    y64 = y.astype(np.float64)
+    dy64 = dy.astype(np.float64)
+    expected_dz = {"relu": lambda: R.relu_backward(dy64, y64), "softmax": lambda: R.softmax_backward(dy64, y64),
+                   "sigmoid": lambda: dy64 * y64 * (1 - y64), "tanh": lambda: dy64 * (1 - y64 ** 2)}[name]()
+    np.testing.assert_allclose(dz, expected_dz, **tol(dtype))
+
+
+def test_sigmoid_and_softmax_do_not_overflow():
+    z = np.array([[1e4, -1e4, 0.0]])
+    y = np.empty_like(z)
+    A.sigmoid_forward(z, y)
+    np.testing.assert_array_equal(y, [[1.0, 0.0, 0.5]])
+    A.softmax_forward(z, y)
+    np.testing.assert_array_equal(y, [[1.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_kernel(dtype):
+    x = rand((1000,), dtype)
+    u = np.random.default_rng(1).random(1000).astype(dtype)
+    y = np.empty_like(x)
+    mask = np.empty(1000, dtype=np.uint8)
+    A.dropout_forward(x, u, 0.25, y, mask)
+    ref, keep = R.dropout(x, u, 0.25)
+    np.testing.assert_allclose(y, ref, **tol(dtype))
+    np.testing.assert_array_equal(mask.astype(bool), keep)
+    dx = np.empty_like(x)
+    A.dropout_backward(x, mask, 0.25, dx)
+    np.testing.assert_allclose(dx, ref, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_loss_kernels_match_reference(dtype):
+    gen = np.random.default_rng(0)
+    z = (gen.standard_normal((6, 4)) * 2).astype(dtype)
+    y = np.eye(4, dtype=dtype)[gen.integers(0, 4, 6)] * 0.9 + 0.025
+    w = np.ones(6)
+    loss = np.empty(6)
+    grad = np.empty_like(z)
+    L.softmax_cross_entropy(z, y, w, loss, grad)
+    ref_loss, ref_grad = R.cross_entropy_from_logits(z.astype(np.float64), y.astype(np.float64))
+    np.testing.assert_allclose(loss, ref_loss, **tol(dtype))
+    np.testing.assert_allclose(grad, ref_grad, **tol(dtype))
+    alpha = np.array([0.1, 0.2, 0.3, 0.4])
+    L.softmax_focal(z, y, alpha, 2.0, w, loss, grad)
+    ref_loss, ref_grad = R.focal_from_logits(z.astype(np.float64), y.astype(np.float64), alpha, 2.0)
+    np.testing.assert_allclose(loss, ref_loss, **tol(dtype))
+    np.testing.assert_allclose(grad, ref_grad, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_kernel_matches_reference(dtype):
+    gen = np.random.default_rng(0)
+    p = gen.standard_normal(50).astype(dtype)
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    p_ref, m_ref, v_ref = p.astype(np.float64), np.zeros(50), np.zeros(50)
+    for t in range(1, 6):
+        g = gen.standard_normal(50).astype(dtype)
+        lr_t = 1e-2 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+        O.adam_update(p, g, m, v, lr_t, 0.9, 0.999, 1e-7)
+        p_ref, m_ref, v_ref = R.adam_step(p_ref, g.astype(np.float64), m_ref, v_ref, t, lr=1e-2)
+    np.testing.assert_allclose(p, p_ref, **tol(dtype))
