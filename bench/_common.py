@@ -358,3 +358,52 @@ def _json_default(value):
 def progress(message):
     """Progress goes to stderr, so that stdout holds only the report."""
     print(message, file=sys.stderr, flush=True)
+
+
+# --- FLOP counts ----------------------------------------------------------------------------------
+
+def layer_flops(layer, batch):
+    """Floating-point operations of a tinycnn layer's matrix products, or None if it has none.
+
+    Convolution (im2col + GEMM), for ``N`` images, output ``OH x OW x F``, kernel ``KH x KW``
+    over ``Cin`` channels::
+
+        forward             2 * N*OH*OW * KH*KW*Cin * F
+        backward, dW        the same (cols.T @ dz)
+        backward, dx        the same (dz @ W.T), skipped when ``layer.input_grad_needed`` is False
+
+    Dense is the same with ``M`` rows (N times any leading axes), ``n_in`` inputs and ``U`` units:
+    ``2 * M * n_in * U`` per product. Bias, activation, im2col and col2im are not counted: they are
+    memory-bound and cost little arithmetic.
+
+    Returns
+    -------
+    (forward_flops, backward_flops) or None
+    """
+    from tinycnn.layers import Conv2D, Dense
+
+    if isinstance(layer, Conv2D):
+        oh, ow, filters = layer.output_shape
+        kh, kw = layer.kernel_size
+        product = 2.0 * batch * oh * ow * kh * kw * layer.input_shape[-1] * filters
+    elif isinstance(layer, Dense):
+        rows = batch
+        for d in layer.input_shape[:-1]:
+            rows *= d
+        product = 2.0 * rows * layer.input_shape[-1] * layer.units
+    else:
+        return None
+    backward = product * (2 if layer.input_grad_needed else 1)
+    return product, backward
+
+
+def model_flops(model, batch):
+    """``(forward, training)`` FLOPs of one batch through a built tinycnn model (see :func:`layer_flops`);
+    a training step is forward plus backward."""
+    forward = backward = 0.0
+    for layer in model.layers:
+        counted = layer_flops(layer, batch)
+        if counted is not None:
+            forward += counted[0]
+            backward += counted[1]
+    return forward, forward + backward

@@ -160,7 +160,7 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"{owner}: labels must be in [0, {n_outputs}) for a model with {n_outputs} outputs; "
-                             f"sample {i} has label {y[i]!r}")
+                             f"sample {i} has label {y[i].item()!r}")
         return y.astype(np.int64)
 
     def targets(self, y, n_outputs, dtype):

@@ -467,6 +467,46 @@ class Sequential:
         values = list(result.values())
         return values[0] if len(values) == 1 else values
 
+    # --- batch-norm statistics ---------------------------------------------------------------------
+
+    def recalibrate_batchnorm(self, x, batch_size=None):
+        """Replace every BatchNormalization layer's moving statistics by the exact population mean
+        and variance of its input over ``x``, as the network computes it in inference mode.
+
+        Why: with Keras's default momentum 0.99 the moving statistics need several hundred updates
+        to forget their initial values (0 and 1). A small data set trained for a few epochs gives
+        far fewer, and the model then behaves well in training mode but badly at inference. This
+        fixes it in one pass per batch-norm layer, without changing any trained weight.
+
+        The layers are done in order, each from the outputs of the layers before it with their
+        statistics already recalibrated, so the result is exactly what inference will see.
+        """
+        x = self._check_x(x, "recalibrate_batchnorm")
+        batch_size = self._check_batch_size(batch_size, "recalibrate_batchnorm")
+        from .layers import BatchNormalization
+        for k, bn in enumerate(self.layers):
+            if not isinstance(bn, BatchNormalization):
+                continue
+            c = bn.input_shape[-1]
+            total = np.zeros(c)
+            total_sq = np.zeros(c)
+            count = 0
+            shift = None
+            for lo in range(0, x.shape[0], batch_size):
+                h = self._batch(x, slice(lo, lo + batch_size))
+                for layer in self.layers[:k]:
+                    h = layer.forward(h, training=False)
+                h2d = h.reshape(-1, c).astype(np.float64)
+                if shift is None:
+                    shift = h2d[0].copy()  # shifted sums keep the variance accurate
+                d = h2d - shift
+                total += d.sum(axis=0)
+                total_sq += (d * d).sum(axis=0)
+                count += h2d.shape[0]
+            mean = total / count
+            bn.state["moving_mean"][...] = shift + mean
+            bn.state["moving_variance"][...] = np.maximum(total_sq / count - mean * mean, 0.0)
+
     # --- weights, summary, saving -----------------------------------------------------------------
 
     def get_weights(self):

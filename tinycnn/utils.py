@@ -22,7 +22,7 @@ def to_categorical(y, num_classes=None, dtype="float32"):
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"to_categorical: labels must be in [0, {num_classes}); sample {i} has label {y[i]!r}")
+        raise ValueError(f"to_categorical: labels must be in [0, {num_classes}); sample {i} has label {y[i].item()!r}")
     out = np.zeros((labels.shape[0], num_classes), dtype=dtype)
     out[np.arange(labels.shape[0]), labels] = 1
     return out
