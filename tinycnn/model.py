@@ -444,7 +444,7 @@ class Sequential:
     def __call__(self, x, training=False):
         """``model(x)``: the forward pass on a batch, validated, as Keras's functional call."""
         x = self._check_x(x, "Sequential.__call__")
-        return self._forward(np.ascontiguousarray(x, dtype=self.dtype), training=training)
+        return self._forward(np.ascontiguousarray(x, dtype=self.dtype), training=training).copy()
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         """One optimizer step on one batch; returns the loss (and metrics on that batch)."""

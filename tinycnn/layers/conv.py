@@ -99,10 +99,10 @@ class Conv2D(ActivatedLayer):
         oh, ow, f = self.output_shape
         pix = oh * ow
         w2d = self.params["kernel"].reshape(-1, f)
-        y = np.empty((n, oh, ow, f), dtype=self.dtype)
+        y = self._buffer("y", (n, oh, ow, f))
         y2d = y.reshape(-1, f)
         step = self._chunk_images(n)
-        buf = None if self._pointwise else np.empty((step * pix, w2d.shape[0]), dtype=self.dtype)
+        buf = None if self._pointwise else self._buffer("cols", (step * pix, w2d.shape[0]))
         for n0 in range(0, n, step):
             n1 = min(n, n0 + step)
             cols = self._columns(x[n0:n1], buf)
@@ -121,10 +121,10 @@ class Conv2D(ActivatedLayer):
         w2d = self.params["kernel"].reshape(-1, f)
         dw2d = self.grads["kernel"].reshape(-1, f)
         dw2d[...] = 0
-        dx = np.empty_like(x) if self.input_grad_needed else None
+        dx = self._buffer("dx", x.shape) if self.input_grad_needed else None
         step = self._chunk_images(n)
-        buf = None if self._pointwise else np.empty((step * pix, w2d.shape[0]), dtype=self.dtype)
-        part = np.empty_like(dw2d)
+        buf = None if self._pointwise else self._buffer("cols", (step * pix, w2d.shape[0]))
+        part = self._buffer("dw_part", dw2d.shape)
         for n0 in range(0, n, step):
             n1 = min(n, n0 + step)
             cols = self._columns(x[n0:n1], buf)

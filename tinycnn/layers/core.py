@@ -121,8 +121,8 @@ class Dropout(Layer):
             return x
         flat = x.reshape(-1)
         u = self.generator.random(flat.shape[0], dtype=self.dtype)
-        y = np.empty_like(flat)
-        self._mask = np.empty(flat.shape[0], dtype=np.uint8)
+        y = self._buffer("y", flat.shape)
+        self._mask = self._buffer("mask", flat.shape, np.uint8)
         AK.dropout_forward(flat, u, self.rate, y, self._mask)
         return y.reshape(x.shape)
 
@@ -130,7 +130,7 @@ class Dropout(Layer):
         if not self._active:
             return grad_out
         flat = np.ascontiguousarray(grad_out).reshape(-1)
-        dx = np.empty_like(flat)
+        dx = self._buffer("dx", flat.shape)
         AK.dropout_backward(flat, self._mask, self.rate, dx)
         return dx.reshape(grad_out.shape)
 

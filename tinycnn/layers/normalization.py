@@ -97,7 +97,7 @@ class BatchNormalization(Layer):
         gamma, beta = self._gamma_beta()
         scale = gamma * inv
         shift = beta - mean * scale
-        y = np.empty_like(x)
+        y = self._buffer("y", x.shape)
         K.channel_affine(x2d, scale.astype(self.dtype), shift.astype(self.dtype), y.reshape(-1, c))
         self._x2d, self._mean, self._inv, self._training = x2d, mean, inv, training
         return y
@@ -122,7 +122,7 @@ class BatchNormalization(Layer):
         else:
             b = np.zeros(c)
             cc = np.zeros(c)
-        dx = np.empty_like(dy2d)
+        dx = self._buffer("dx", dy2d.shape)
         K.backward_apply(dy2d, self._x2d, mean, a.astype(self.dtype), b.astype(self.dtype),
                          cc.astype(self.dtype), dx)
         return dx.reshape(grad_out.shape)

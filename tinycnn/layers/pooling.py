@@ -50,13 +50,13 @@ class MaxPooling2D(_Pooling2D):
     """
 
     def forward(self, x, training=False):
-        y = np.empty((x.shape[0],) + self.output_shape, dtype=x.dtype)
-        self._argmax = np.empty(y.shape, dtype=np.int32)
+        y = self._buffer("y", (x.shape[0],) + self.output_shape)
+        self._argmax = self._buffer("argmax", y.shape, np.int32)
         K.maxpool_forward(x, *self._args(), y, self._argmax)
         return y
 
     def backward(self, grad_out):
-        dx = np.empty((grad_out.shape[0],) + self.input_shape, dtype=grad_out.dtype)
+        dx = self._buffer("dx", (grad_out.shape[0],) + self.input_shape)
         K.maxpool_backward(np.ascontiguousarray(grad_out), self._argmax, dx)
         return dx
 
