@@ -296,3 +296,84 @@ def test_adam_follows_keras_update_rule_for_a_model_parameter():
         model.optimizer.apply(model._trainable())
         p, m, v = R.adam_step(p, g, m, v, t, lr=0.01)
         np.testing.assert_allclose(model.layers[0].params["kernel"], p, rtol=1e-12)
+
+
+class ListSource:
+    """A minimal batch source (the protocol of tinycnn/batching.py), reading from arrays."""
+
+    def __init__(self, x, labels, num_classes):
+        self.x, self.labels, self.num_classes = x, labels, num_classes
+        self.element_shape = x.shape[1:]
+        self.batches_served = 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def iter_batches(self, batch_size, shuffle=False, seed=None):
+        order = np.random.default_rng(seed).permutation(len(self.x)) if shuffle else np.arange(len(self.x))
+        for lo in range(0, len(self.x), batch_size):
+            self.batches_served += 1
+            idx = order[lo:lo + batch_size]
+            yield self.x[idx], self.labels[idx]
+
+
+@pytest.mark.parametrize("loss", ["categorical_crossentropy", "sparse_categorical_crossentropy"])
+def test_fit_evaluate_predict_accept_a_batch_source(loss):
+    """A source streaming batches trains exactly like the same data given as arrays."""
+    gen = np.random.default_rng(0)
+    x = gen.random((13, 6, 5, 2), dtype=np.float32)
+    labels = gen.integers(0, 3, 13)
+    y = labels if loss.startswith("sparse") else np.eye(3, dtype=np.float32)[labels]
+    results = []
+    for use_source in (False, True):
+        tinycnn.set_seed(3)
+        model = small_model(dropout=0.0)
+        model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+        if use_source:
+            source = ListSource(x, labels, 3)
+            history = model.fit(source, epochs=2, batch_size=4, shuffle=False, class_weight="balanced",
+                                validation_data=ListSource(x[:5], labels[:5], 3), verbose=0)
+            assert source.batches_served == 2 * 4  # two epochs of 4 batches, read lazily
+        else:
+            history = model.fit(x, y, epochs=2, batch_size=4, shuffle=False, class_weight="balanced",
+                                validation_data=(x[:5], y[:5]), verbose=0)
+        model.recalibrate_batchnorm(ListSource(x, labels, 3) if use_source else x, batch_size=13)
+        results.append((history.history, model.predict(ListSource(x, labels, 3) if use_source else x),
+                        model.evaluate(ListSource(x, labels, 3) if use_source else x,
+                                       None if use_source else y, verbose=0)))
+    (h1, p1, e1), (h2, p2, e2) = results
+    assert h1 == h2
+    np.testing.assert_array_equal(p1, p2)
+    assert e1 == e2
+
+
+def test_batch_source_errors():
+    model = small_model()
+    model.compile(loss="categorical_crossentropy")
+    gen = np.random.default_rng(0)
+    bad_shape = ListSource(gen.random((4, 5, 5, 2), dtype=np.float32), np.zeros(4, int), 3)
+    with pytest.raises(ValueError, match=r"must have shape \(None, 6, 5, 2\), but the batch source yields \(None, 5, 5, 2\)"):
+        model.fit(bad_shape, verbose=0)
+    good = ListSource(gen.random((4, 6, 5, 2), dtype=np.float32), np.array([0, 1, 7, 0]), 3)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\).*label 7"):
+        model.fit(good, verbose=0)
+    with pytest.raises(ValueError, match="`y` and `sample_weight` must be None"):
+        model.fit(good, np.zeros(4), verbose=0)
+    with pytest.raises(ValueError, match="validation_split` needs arrays"):
+        model.fit(good, validation_split=0.5, verbose=0)
+
+
+def test_warns_once_when_batchnorm_statistics_are_unsettled(tmp_path):
+    model = small_model()
+    model.compile(loss="categorical_crossentropy")
+    x, y = random_data(8, (6, 5, 2), 3)
+    model.fit(x, y, epochs=1, verbose=0)
+    with pytest.warns(RuntimeWarning, match=r"batch_normalization.*1 training updates.*recalibrate_batchnorm"):
+        model.predict(x)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(x)  # once per model
+        model.recalibrate_batchnorm(x)
+        model.save(tmp_path / "m.npz")
+        tinycnn.load_model(tmp_path / "m.npz").predict(x)  # recalibration is remembered across save/load

@@ -22,7 +22,9 @@ from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from . import rng
+from .batching import ArrayBatches, SourceBatches, is_batch_source
 from .layers.base import Layer, unique_name
+from .layers.normalization import BatchNormalization
 
 
 def _is_int(value):
@@ -222,9 +224,24 @@ class Sequential:
             return (y[:, 0] > 0.5).astype(np.int64)
         return np.argmax(y, axis=1)
 
-    def _class_weights(self, class_weight, y, where):
-        """Per-sample weights from ``class_weight`` (a dict or ``'balanced'``)."""
-        labels = self._class_labels(y)
+    def _targets_from_labels(self, labels, where):
+        """Integer class labels (from a batch source) in the form the loss expects."""
+        k = self.layers[-1].output_shape[-1]
+        if labels.dtype.kind not in "biu" and not (labels.dtype.kind == "f" and np.all(labels == np.round(labels))):
+            raise TypeError(f"{where}: a batch source must yield integer class labels, received dtype {labels.dtype}")
+        labels = labels.astype(np.int64)
+        if self.loss.target_kind == "categorical":
+            bad = (labels < 0) | (labels >= k)
+            if bad.any():
+                raise ValueError(f"{where}: labels must be in [0, {k}) for a model with {k} outputs; received "
+                                 f"label {labels[np.argmax(bad)]}")
+            return np.eye(k, dtype=np.float32)[labels]
+        if self.loss.target_kind == "binary":
+            return labels[:, None].astype(np.float32)
+        return labels
+
+    def _class_weights(self, class_weight, labels, where):
+        """Per-class weight table from ``class_weight`` (a dict or ``'balanced'``) and the labels."""
         n_classes = max(self.layers[-1].output_shape[-1], 2)
         if isinstance(class_weight, str) and class_weight == "balanced":
             from sklearn.utils.class_weight import compute_class_weight
@@ -244,7 +261,28 @@ class Sequential:
         else:
             raise ValueError(f"{where}: `class_weight` must be a dict {{class_index: weight}} or 'balanced', "
                              f"received {class_weight!r}")
-        return table[labels]
+        return table
+
+    def _data(self, x, y, sample_weight, where, need_targets=True):
+        """Validate the data given to an entry point; return an ArrayBatches or SourceBatches."""
+        if is_batch_source(x):
+            if y is not None or sample_weight is not None:
+                raise ValueError(f"{where}: `y` and `sample_weight` must be None when `x` is a batch source "
+                                 f"(it yields its own labels), received y={type(y).__name__}")
+            shape = tuple(x.element_shape)
+            if not self.built:
+                self.build(shape)
+            if shape != self.layers[0].input_shape:
+                first = self.layers[0]
+                raise ValueError(f"{where}: input to layer '{first.name}' ({type(first).__name__}) must have shape "
+                                 f"{(None,) + first.input_shape}, but the batch source yields {(None,) + shape}")
+            if len(x) == 0:
+                raise ValueError(f"{where}: the batch source holds no samples")
+            return SourceBatches(x, self, where, need_targets)
+        x = self._check_x(x, where)
+        y = self._check_y(y, x.shape[0], where) if need_targets else None
+        sw = self._check_sample_weight(sample_weight, x.shape[0], where) if need_targets else None
+        return ArrayBatches(x, y, sw, self.dtype)
 
     def _check_batch_size(self, batch_size, where):
         if batch_size is None:
@@ -292,47 +330,53 @@ class Sequential:
         self._backward(grad)
         return value, out
 
-    def _batch(self, x, index):
-        return np.ascontiguousarray(x[index], dtype=self.dtype)
-
     # --- fit --------------------------------------------------------------------------------------
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0):
-        """Train for ``epochs`` passes over ``(x, y)``; returns a :class:`~tinycnn.callbacks.History`.
+        """Train for ``epochs`` passes over the data; returns a :class:`~tinycnn.callbacks.History`.
 
-        Arguments and defaults are Keras's. ``validation_split`` takes the *last* fraction of the
-        data before shuffling, as Keras does. ``class_weight`` is a dict ``{class: weight}`` or
-        ``'balanced'`` (weights ``N / (K * count_k)``, scikit-learn's rule).
+        Arguments and defaults are Keras's. ``x`` is an array (with targets ``y``) or a batch source
+        such as ``tinycnn.data.image_folder(...)`` (which yields its own labels; see
+        ``tinycnn/batching.py``); ``validation_data`` likewise takes ``(x_val, y_val)`` or a source.
+        ``validation_split`` takes the *last* fraction of the arrays before shuffling, as Keras does.
+        ``class_weight`` is a dict ``{class: weight}`` or ``'balanced'`` (weights
+        ``N / (K * count_k)``, scikit-learn's rule).
         """
         self._require_compiled("fit")
-        x = self._check_x(x, "fit")
-        y = self._check_y(y, x.shape[0], "fit")
+        train = self._data(x, y, sample_weight, "fit")
         batch_size = self._check_batch_size(batch_size, "fit")
         if not _is_int(epochs) or epochs < 0:
             raise ValueError(f"fit: invalid value for argument `epochs`: expected an int >= 0, received {epochs!r}")
-        sw = self._check_sample_weight(sample_weight, x.shape[0], "fit")
-        if class_weight is not None:
-            cw = self._class_weights(class_weight, y, "fit")
-            sw = cw if sw is None else sw * cw
         if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
             raise ValueError(f"fit: invalid value for argument `validation_split`: expected a float in [0, 1), "
                              f"received {validation_split!r}")
+        if class_weight is not None:
+            train.class_weights = self._class_weights(class_weight, train.labels(self), "fit")
+            if isinstance(train, ArrayBatches):
+                per_sample = train.class_weights[train.labels(self)]
+                sw = train.sample_weight
+                train.sample_weight = per_sample if sw is None else sw * per_sample
         if validation_data is None and validation_split:
-            n_val = int(x.shape[0] * validation_split)
-            if n_val == 0 or n_val == x.shape[0]:
+            if not isinstance(train, ArrayBatches):
+                raise ValueError("fit: `validation_split` needs arrays; with a batch source pass "
+                                 "`validation_data=` (e.g. another image_folder) instead")
+            n_all = len(train)
+            n_val = int(n_all * validation_split)
+            if n_val == 0 or n_val == n_all:
                 raise ValueError(f"fit: validation_split={validation_split} leaves no samples for training or "
-                                 f"validation out of {x.shape[0]}")
-            cut = x.shape[0] - n_val
-            validation_data = (x[cut:], y[cut:]) if sw is None else (x[cut:], y[cut:], sw[cut:])
-            x, y = x[:cut], y[:cut]
-            sw = None if sw is None else sw[:cut]
-        if validation_data is not None:
-            validation_data = self._check_validation(validation_data)
+                                 f"validation out of {n_all}")
+            cut = n_all - n_val
+            sw = train.sample_weight
+            validation = ArrayBatches(train.x[cut:], train.y[cut:], None if sw is None else sw[cut:], self.dtype)
+            train = ArrayBatches(train.x[:cut], train.y[:cut], None if sw is None else sw[:cut], self.dtype)
+        elif validation_data is not None:
+            validation = self._validation(validation_data)
+        else:
+            validation = None
 
-        n = x.shape[0]
-        steps = math.ceil(n / batch_size)
+        steps = math.ceil(len(train) / batch_size)
         verbose = 1 if verbose == "auto" else int(verbose)
         self.history = callbacks_module.History()
         cbs = list(callbacks or [])
@@ -349,21 +393,17 @@ class Sequential:
         for epoch in range(initial_epoch, epochs):
             for cb in cbs:
                 cb.on_epoch_begin(epoch)
-            order = shuffle_rng.permutation(n) if shuffle else None
-            loss_sum = 0.0
+            loss_sum, seen, logs = 0.0, 0, {}
             for m in self.metrics:
                 m.reset()
-            for step in range(steps):
-                lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
-                index = order[lo:hi] if shuffle else slice(lo, hi)
-                xb, yb = self._batch(x, index), y[index]
-                wb = None if sw is None else sw[index]
+            for step, (xb, yb, wb) in enumerate(train.batches(batch_size, shuffle, shuffle_rng)):
                 value, out = self.compute_gradients(xb, yb, wb)
                 self.optimizer.apply(self._trainable())
-                loss_sum += value * (hi - lo)
+                seen += xb.shape[0]
+                loss_sum += value * xb.shape[0]
                 for m in self.metrics:
                     m.update(yb, out.reshape(out.shape[0], -1), wb)
-                logs = {"loss": loss_sum / hi, **{m.name: m.result() for m in self.metrics}}
+                logs = {"loss": loss_sum / seen, **{m.name: m.result() for m in self.metrics}}
                 if not math.isfinite(value) and not warned_nan:
                     warnings.warn(f"fit: the loss became {value} at epoch {epoch + 1}, batch {step + 1}; training "
                                   f"has diverged (try a smaller learning rate, or pass "
@@ -373,8 +413,8 @@ class Sequential:
                     cb.on_train_batch_end(step, logs)
                 if self.stop_training:
                     break
-            if validation_data is not None:
-                val = self._evaluate_arrays(*validation_data, batch_size=batch_size)
+            if validation is not None:
+                val = self._evaluate_batches(validation, batch_size)
                 logs.update({f"val_{k}": v for k, v in val.items()})
             for cb in cbs:
                 cb.on_epoch_end(epoch, logs)
@@ -384,41 +424,38 @@ class Sequential:
             cb.on_train_end()
         return self.history
 
-    def _check_validation(self, validation_data):
+    def _validation(self, validation_data):
+        if is_batch_source(validation_data):
+            return self._data(validation_data, None, None, "fit (validation_data)")
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-            raise ValueError("fit: `validation_data` must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight)")
-        xv = self._check_x(validation_data[0], "fit", "validation_data[0]")
-        yv = self._check_y(validation_data[1], xv.shape[0], "fit", "validation_data[1]")
-        wv = (self._check_sample_weight(validation_data[2], xv.shape[0], "fit")
-              if len(validation_data) == 3 else None)
-        return xv, yv, wv
+            raise ValueError("fit: `validation_data` must be a tuple (x_val, y_val), (x_val, y_val, sample_weight) "
+                             "or a batch source")
+        return self._data(validation_data[0], validation_data[1],
+                          validation_data[2] if len(validation_data) == 3 else None, "fit (validation_data)")
 
     # --- evaluate / predict -----------------------------------------------------------------------
 
-    def _evaluate_arrays(self, x, y, sample_weight=None, batch_size=32):
-        n = x.shape[0]
-        loss_sum = 0.0
+    def _evaluate_batches(self, data, batch_size):
+        self._warn_if_batchnorm_unsettled()
+        loss_sum, seen = 0.0, 0
         for m in self.metrics:
             m.reset()
-        for lo in range(0, n, batch_size):
-            hi = min(n, lo + batch_size)
-            out = self._forward(self._batch(x, slice(lo, hi)), training=False)
-            wb = None if sample_weight is None else sample_weight[lo:hi]
-            value, _, _ = self._loss(out, y[lo:hi], wb)
-            loss_sum += value * (hi - lo)
+        for xb, yb, wb in data.batches(batch_size):
+            out = self._forward(xb, training=False)
+            value, _, _ = self._loss(out, yb, wb)
+            loss_sum += value * xb.shape[0]
+            seen += xb.shape[0]
             for m in self.metrics:
-                m.update(y[lo:hi], out.reshape(out.shape[0], -1), wb)
-        return {"loss": loss_sum / n, **{m.name: m.result() for m in self.metrics}}
+                m.update(yb, out.reshape(out.shape[0], -1), wb)
+        return {"loss": loss_sum / seen, **{m.name: m.result() for m in self.metrics}}
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, return_dict=False):
         """Loss and metrics in inference mode: ``[loss, *metrics]`` (or just the loss with no metrics),
-        or a dict with ``return_dict=True``, as Keras returns them."""
+        or a dict with ``return_dict=True``, as Keras returns them. ``x`` may be a batch source."""
         self._require_compiled("evaluate")
-        x = self._check_x(x, "evaluate")
-        y = self._check_y(y, x.shape[0], "evaluate")
+        data = self._data(x, y, sample_weight, "evaluate")
         batch_size = self._check_batch_size(batch_size, "evaluate")
-        sw = self._check_sample_weight(sample_weight, x.shape[0], "evaluate")
-        result = self._evaluate_arrays(x, y, sw, batch_size)
+        result = self._evaluate_batches(data, batch_size)
         verbose = 1 if verbose == "auto" else int(verbose)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in result.items()), file=sys.stdout)
@@ -430,15 +467,21 @@ class Sequential:
     def predict(self, x, batch_size=None, verbose=0):
         """Outputs for ``x`` in inference mode, batch by batch: ``(N,) + output_shape``.
 
-        Keras's default ``verbose`` is 'auto'; tinycnn prints nothing unless asked.
+        ``x`` may be a batch source (read in its own order, unshuffled). Keras's default
+        ``verbose`` is 'auto'; tinycnn prints nothing unless asked.
         """
-        x = self._check_x(x, "predict")
+        data = self._data(x, None, None, "predict", need_targets=False)
         batch_size = self._check_batch_size(batch_size, "predict")
-        n = x.shape[0]
-        out = np.empty((n,) + self.layers[-1].output_shape, dtype=self.dtype)
-        for lo in range(0, n, batch_size):
-            hi = min(n, lo + batch_size)
-            out[lo:hi] = self._forward(self._batch(x, slice(lo, hi)), training=False)
+        self._warn_if_batchnorm_unsettled()
+        out = np.empty((len(data),) + self.layers[-1].output_shape, dtype=self.dtype)
+        lo = 0
+        for xb, _, _ in data.batches(batch_size):
+            out[lo:lo + xb.shape[0]] = self._forward(xb, training=False)
+            lo += xb.shape[0]
+        if lo != out.shape[0]:
+            raise ValueError(f"predict: the batch source announced {out.shape[0]} samples but yielded {lo}")
+        if verbose:
+            print(f"predict: {lo} samples", file=sys.stdout)
         return out
 
     def __call__(self, x, training=False):
@@ -453,7 +496,8 @@ class Sequential:
         y = self._check_y(y, x.shape[0], "train_on_batch")
         sw = self._check_sample_weight(sample_weight, x.shape[0], "train_on_batch")
         if class_weight is not None:
-            cw = self._class_weights(class_weight, y, "train_on_batch")
+            labels = self._class_labels(y)
+            cw = self._class_weights(class_weight, labels, "train_on_batch")[labels]
             sw = cw if sw is None else sw * cw
         value, out = self.compute_gradients(np.ascontiguousarray(x, dtype=self.dtype), y, sw)
         self.optimizer.apply(self._trainable())
@@ -481,9 +525,8 @@ class Sequential:
         The layers are done in order, each from the outputs of the layers before it with their
         statistics already recalibrated, so the result is exactly what inference will see.
         """
-        x = self._check_x(x, "recalibrate_batchnorm")
+        data = self._data(x, None, None, "recalibrate_batchnorm", need_targets=False)
         batch_size = self._check_batch_size(batch_size, "recalibrate_batchnorm")
-        from .layers import BatchNormalization
         for k, bn in enumerate(self.layers):
             if not isinstance(bn, BatchNormalization):
                 continue
@@ -492,8 +535,7 @@ class Sequential:
             total_sq = np.zeros(c)
             count = 0
             shift = None
-            for lo in range(0, x.shape[0], batch_size):
-                h = self._batch(x, slice(lo, lo + batch_size))
+            for h, _, _ in data.batches(batch_size):
                 for layer in self.layers[:k]:
                     h = layer.forward(h, training=False)
                 h2d = h.reshape(-1, c).astype(np.float64)
@@ -506,6 +548,23 @@ class Sequential:
             mean = total / count
             bn.state["moving_mean"][...] = shift + mean
             bn.state["moving_variance"][...] = np.maximum(total_sq / count - mean * mean, 0.0)
+            bn.recalibrated = True
+
+    def _warn_if_batchnorm_unsettled(self):
+        """Warn once per model when inference would use moving statistics that still mostly hold
+        their initial values (see :meth:`recalibrate_batchnorm`)."""
+        if getattr(self, "_bn_warned", False):
+            return
+        for layer in self.layers:
+            if isinstance(layer, BatchNormalization) and not layer.statistics_settled():
+                self._bn_warned = True
+                left = layer.momentum ** layer.updates
+                warnings.warn(
+                    f"{layer.describe()} has had {layer.updates} training updates with momentum {layer.momentum}: "
+                    f"its moving statistics still carry {100 * left:.0f}% of their initial values (0 and 1), so "
+                    f"inference-mode outputs may be poor. Call model.recalibrate_batchnorm(x_train) after training "
+                    f"to set them from the data.", RuntimeWarning, stacklevel=3)
+                return
 
     # --- weights, summary, saving -----------------------------------------------------------------
 

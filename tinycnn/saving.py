@@ -37,6 +37,9 @@ def _model_config(model):
         "input_shape": list(model.layers[0].input_shape),
         "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in model.layers],
         "compile": None,
+        # How settled each batch-norm layer's moving statistics are (for the inference warning).
+        "batchnorm": {str(i): {"updates": layer.updates, "recalibrated": layer.recalibrated}
+                      for i, layer in enumerate(model.layers) if hasattr(layer, "recalibrated")},
     }
     if model.compiled:
         config["compile"] = {
@@ -143,6 +146,12 @@ def load_model(filepath, compile=True):
                     layer.set_weights([archive[f"layers/{i}/{n}"] for n in names])
                 except (TypeError, ValueError) as e:
                     raise fail(str(e)) from None
+            for key, bn_state in (config.get("batchnorm") or {}).items():
+                layer = model.layers[int(key)] if key.isdigit() and int(key) < len(model.layers) else None
+                if layer is None or not hasattr(layer, "recalibrated") or not isinstance(bn_state, dict):
+                    raise fail(f"batch-norm state for layer {key!r} does not match the architecture")
+                layer.updates = int(bn_state.get("updates", 0))
+                layer.recalibrated = bool(bn_state.get("recalibrated", False))
             if compile and config.get("compile"):
                 _compile_from_config(model, config["compile"], archive, fail)
         except (zipfile.BadZipFile, EOFError, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

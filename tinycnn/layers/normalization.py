@@ -58,6 +58,15 @@ class BatchNormalization(Layer):
         self.epsilon = float(epsilon)
         self.center = bool(center)
         self.scale = bool(scale)
+        #: Training-mode forward passes since the statistics were initialised (see statistics_settled).
+        self.updates = 0
+        #: True once ``Sequential.recalibrate_batchnorm`` has set exact population statistics.
+        self.recalibrated = False
+
+    def statistics_settled(self, tolerance=0.05):
+        """True when the initial moving statistics weigh less than ``tolerance`` in the current ones
+        (``momentum ** updates < tolerance``: 299 updates at momentum 0.99), or after recalibration."""
+        return self.recalibrated or self.momentum ** self.updates < tolerance
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) < 1:
@@ -90,6 +99,8 @@ class BatchNormalization(Layer):
                                               + (1 - self.momentum) * mean)
             self.state["moving_variance"][...] = (self.momentum * self.state["moving_variance"]
                                                   + (1 - self.momentum) * var)
+            self.updates += 1
+            self.recalibrated = False
         else:
             mean = self.state["moving_mean"].astype(np.float64)
             var = self.state["moving_variance"].astype(np.float64)
