@@ -25,7 +25,7 @@ def _smooth_noise(gen, n, size, sigma):
 
 
 def make_lesion_images(n=512, image_size=64, channels=3, positive_fraction=0.5, seed=0,
-                       difficulty=1.0):
+                       difficulty=1.0, return_masks=False):
     """Generate ``n`` synthetic images and their labels.
 
     Parameters
@@ -41,11 +41,15 @@ def make_lesion_images(n=512, image_size=64, channels=3, positive_fraction=0.5, 
     difficulty : float > 0
         Scales noise and texture against the lesion contrast (1.0: clearly learnable by the
         reference CNN in a few epochs; larger is harder).
+    return_masks : bool
+        Also return where the lesions are (for checking explanations such as Grad-CAM).
 
     Returns
     -------
     x : ndarray (n, image_size, image_size, channels) float32 in [0, 1]
     y : ndarray (n,) int64, 1 where a lesion is present
+    masks : ndarray (n, image_size, image_size) bool, only with ``return_masks``
+        True inside each lesion (its half-intensity contour); all False for class 0.
     """
     if channels not in (1, 3):
         raise ValueError(f"make_lesion_images: invalid value for argument `channels`: expected 1 or 3, "
@@ -61,6 +65,7 @@ def make_lesion_images(n=512, image_size=64, channels=3, positive_fraction=0.5, 
     tissue = 0.5 + difficulty * (0.06 * coarse + 0.05 * fine) + difficulty * 0.04 * gen.standard_normal((n, s, s))
 
     rows, cols = np.mgrid[0:s, 0:s].astype(np.float64)
+    masks = np.zeros((n, s, s), dtype=bool)
     for i in np.flatnonzero(y):
         radius = gen.uniform(0.05, 0.16) * s
         aspect = gen.uniform(0.5, 1.0)
@@ -75,6 +80,7 @@ def make_lesion_images(n=512, image_size=64, channels=3, positive_fraction=0.5, 
         blob = 0.5 * (1.0 - np.tanh((dist - 1.0) / (2 * softness)))  # logistic edge, overflow-free
         contrast = gen.uniform(0.18, 0.35) * gen.choice([-1.0, 1.0])
         tissue[i] += contrast * blob * (1 + 0.3 * fine[i])
+        masks[i] = dist <= 1.0
     # Same mean brightness for every image: overall intensity carries no label information.
     tissue += 0.5 - tissue.mean(axis=(1, 2), keepdims=True)
 
@@ -83,4 +89,5 @@ def make_lesion_images(n=512, image_size=64, channels=3, positive_fraction=0.5, 
     else:
         stain = np.stack([gen.uniform(0.85, 1.0, n), gen.uniform(0.55, 0.75, n), gen.uniform(0.7, 0.9, n)], axis=1)
         x = tissue[..., None] * stain[:, None, None, :] + 0.1
-    return np.clip(x, 0.0, 1.0).astype(np.float32), y
+    x = np.clip(x, 0.0, 1.0).astype(np.float32)
+    return (x, y, masks) if return_masks else (x, y)
