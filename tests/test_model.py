@@ -377,3 +377,27 @@ def test_warns_once_when_batchnorm_statistics_are_unsettled(tmp_path):
         model.recalibrate_batchnorm(x)
         model.save(tmp_path / "m.npz")
         tinycnn.load_model(tmp_path / "m.npz").predict(x)  # recalibration is remembered across save/load
+
+
+def test_metric_results_are_computed_per_epoch_unless_a_callback_reads_them():
+    from tinycnn.metrics import CategoricalAccuracy
+
+    class Counting(CategoricalAccuracy):
+        calls = 0
+
+        def result(self):
+            Counting.calls += 1
+            return super().result()
+
+    class ReadsBatches(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            assert "counting" in logs
+
+    x, y = random_data(12, (6, 5, 2), 3)
+    model = small_model()
+    model.compile(loss="categorical_crossentropy", metrics=[Counting(name="counting")])
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert Counting.calls == 2  # once per epoch, not once per batch
+    Counting.calls = 0
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[ReadsBatches()])
+    assert Counting.calls == 2 * 3 + 2

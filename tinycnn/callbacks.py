@@ -37,6 +37,11 @@ class Callback:
     def on_train_batch_end(self, batch, logs=None):
         pass
 
+    def wants_batch_metrics(self):
+        """Whether ``on_train_batch_end`` reads metric values (by default: whenever it is overridden).
+        ``fit`` computes metrics after every batch only if some callback wants them."""
+        return type(self).on_train_batch_end is not Callback.on_train_batch_end
+
     def on_epoch_end(self, epoch, logs=None):
         pass
 
@@ -60,6 +65,9 @@ class History(Callback):
 
 class TerminateOnNaN(Callback):
     """Stops training at the first batch whose loss is NaN or infinite, and says so."""
+
+    def wants_batch_metrics(self):
+        return False  # reads the loss only
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -566,6 +574,9 @@ class ProgressBar(Callback):
     def _bar(self, done):
         filled = int(round(self.width * done / max(1, self.steps)))
         return self._fill * filled + self._empty * (self.width - filled)
+
+    def wants_batch_metrics(self):
+        return self._live
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._live:

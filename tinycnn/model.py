@@ -57,6 +57,8 @@ class Sequential:
         self.metrics = []
         self.stop_training = False
         self.history = None
+        #: Free-form JSON-serialisable facts saved with the model (class names, image size, ...).
+        self.metadata = {}
         for layer in layers or []:
             self.add(layer)
 
@@ -388,6 +390,9 @@ class Sequential:
         shuffle_rng = rng.generator()
         self.stop_training = False
         warned_nan = False
+        # Metric results after every batch only when something shows or reads them: an exact AUC
+        # re-ranks everything seen so far, so per-batch results would cost O(N log N) per batch.
+        batch_metrics = any(cb.wants_batch_metrics() for cb in cbs)
         for cb in cbs:
             cb.on_train_begin()
         for epoch in range(initial_epoch, epochs):
@@ -403,7 +408,9 @@ class Sequential:
                 loss_sum += value * xb.shape[0]
                 for m in self.metrics:
                     m.update(yb, out.reshape(out.shape[0], -1), wb)
-                logs = {"loss": loss_sum / seen, **{m.name: m.result() for m in self.metrics}}
+                logs = {"loss": loss_sum / seen}
+                if batch_metrics:
+                    logs.update({m.name: m.result() for m in self.metrics})
                 if not math.isfinite(value) and not warned_nan:
                     warnings.warn(f"fit: the loss became {value} at epoch {epoch + 1}, batch {step + 1}; training "
                                   f"has diverged (try a smaller learning rate, or pass "
@@ -413,6 +420,7 @@ class Sequential:
                     cb.on_train_batch_end(step, logs)
                 if self.stop_training:
                     break
+            logs.update({m.name: m.result() for m in self.metrics})
             if validation is not None:
                 val = self._evaluate_batches(validation, batch_size)
                 logs.update({f"val_{k}": v for k, v in val.items()})
