@@ -229,3 +229,145 @@ def adam_step(p, g, m, v, t, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
     v = beta_2 * v + (1 - beta_2) * g * g
     lr_t = lr * math.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
     return p - lr_t * m / (np.sqrt(v) + epsilon), m, v
+
+
+# --- augmentation (kernels/augment.py) ------------------------------------------------------------
+# Each augmentation is a linear map of the image once its random parameters are drawn; the backward
+# twins apply the transpose of that map.
+
+def flip_images(x, flips):
+    """flips[n] = (vertical, horizontal): reverse the rows and/or the columns of image n."""
+    y = x.copy()
+    for n in range(x.shape[0]):
+        if flips[n][0]:
+            y[n] = y[n, ::-1, :, :]
+        if flips[n][1]:
+            y[n] = y[n, :, ::-1, :]
+    return y
+
+
+def fill_index(k, length, fill_mode):
+    """Index that integer position k reads along an axis of `length` pixels; None means fill_value.
+
+    constant: k k k k | a b c d | k k k k     nearest: a a a a | a b c d | d d d d
+    reflect:  d c b a | a b c d | d c b a     wrap:    a b c d | a b c d | a b c d
+    """
+    if 0 <= k < length:
+        return k
+    if fill_mode == "constant":
+        return None
+    if fill_mode == "nearest":
+        return min(max(k, 0), length - 1)
+    if fill_mode == "reflect":
+        p = k % (2 * length)
+        return p if p < length else 2 * length - 1 - p
+    return k % length
+
+
+def sample_point(image, ys, xs, fill_mode="constant", fill_value=0.0, interpolation="bilinear"):
+    """The value of `image` (H, W, C) at the real-valued point (ys, xs): a blend of up to 4 pixels."""
+    h, w, c = image.shape
+
+    def pixel(r, col):
+        r, col = fill_index(r, h, fill_mode), fill_index(col, w, fill_mode)
+        return np.full(c, fill_value, dtype=np.float64) if r is None or col is None else image[r, col]
+
+    if interpolation == "nearest":
+        return pixel(math.floor(ys + 0.5), math.floor(xs + 0.5))
+    y0, x0 = math.floor(ys), math.floor(xs)
+    fy, fx = ys - y0, xs - x0
+    return ((1 - fy) * (1 - fx) * pixel(y0, x0) + (1 - fy) * fx * pixel(y0, x0 + 1)
+            + fy * (1 - fx) * pixel(y0 + 1, x0) + fy * fx * pixel(y0 + 1, x0 + 1))
+
+
+def sample_weights(ys, xs, h, w, fill_mode="constant", interpolation="bilinear"):
+    """The same blend as a list of ((row, col), weight), in-image pixels only (the fill is a constant)."""
+    if interpolation == "nearest":
+        taps = [((math.floor(ys + 0.5), math.floor(xs + 0.5)), 1.0)]
+    else:
+        y0, x0 = math.floor(ys), math.floor(xs)
+        fy, fx = ys - y0, xs - x0
+        taps = [((y0, x0), (1 - fy) * (1 - fx)), ((y0, x0 + 1), (1 - fy) * fx),
+                ((y0 + 1, x0), fy * (1 - fx)), ((y0 + 1, x0 + 1), fy * fx)]
+    out = []
+    for (r, col), weight in taps:
+        r, col = fill_index(r, h, fill_mode), fill_index(col, w, fill_mode)
+        if r is not None and col is not None:
+            out.append(((r, col), weight))
+    return out
+
+
+def affine_transform(x, transforms, fill_mode="constant", fill_value=0.0, interpolation="bilinear"):
+    """Output (i, j) of image n = input n at xs = a0 j + a1 i + a2, ys = b0 j + b1 i + b2."""
+    n_img, h, w, _ = x.shape
+    y = np.zeros_like(x)
+    for n in range(n_img):
+        a0, a1, a2, b0, b1, b2 = transforms[n][:6]
+        for i in range(h):
+            for j in range(w):
+                y[n, i, j] = sample_point(x[n], b0 * j + b1 * i + b2, a0 * j + a1 * i + a2, fill_mode,
+                                          fill_value, interpolation)
+    return y
+
+
+def affine_transform_backward(dy, transforms, fill_mode="constant", interpolation="bilinear"):
+    """Transpose of affine_transform: each output gradient goes back to the pixels that output read."""
+    n_img, h, w, _ = dy.shape
+    dx = np.zeros_like(dy)
+    for n in range(n_img):
+        a0, a1, a2, b0, b1, b2 = transforms[n][:6]
+        for i in range(h):
+            for j in range(w):
+                for (r, col), weight in sample_weights(b0 * j + b1 * i + b2, a0 * j + a1 * i + a2, h, w,
+                                                       fill_mode, interpolation):
+                    dx[n, r, col] += weight * dy[n, i, j]
+    return dx
+
+
+def rotate_images(x, angles, fill_mode="constant", fill_value=0.0, interpolation="bilinear"):
+    """Rotate image n by angles[n] radians about its centre (Keras's convention): output point p reads
+    the input at R(angle) (p - centre) + centre, with p = (column, row)."""
+    n_img, h, w, _ = x.shape
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    y = np.zeros_like(x)
+    for n in range(n_img):
+        cos, sin = math.cos(angles[n]), math.sin(angles[n])
+        for i in range(h):
+            for j in range(w):
+                xs = cos * (j - cx) - sin * (i - cy) + cx
+                ys = sin * (j - cx) + cos * (i - cy) + cy
+                y[n, i, j] = sample_point(x[n], ys, xs, fill_mode, fill_value, interpolation)
+    return y
+
+
+def translate_images(x, shifts, fill_mode="constant", fill_value=0.0, interpolation="bilinear"):
+    """Move image n down by shifts[n][0] and right by shifts[n][1] pixels: output (i, j) reads the
+    input at (i - dy, j - dx)."""
+    n_img, h, w, _ = x.shape
+    y = np.zeros_like(x)
+    for n in range(n_img):
+        dy, dx = shifts[n]
+        for i in range(h):
+            for j in range(w):
+                y[n, i, j] = sample_point(x[n], i - dy, j - dx, fill_mode, fill_value, interpolation)
+    return y
+
+
+def adjust_contrast(x, factors):
+    """Per image and channel: y = (x - mean) * factor + mean, mean over the image's pixels."""
+    y = np.zeros_like(x)
+    for n in range(x.shape[0]):
+        for ch in range(x.shape[3]):
+            mean = x[n, :, :, ch].mean()
+            y[n, :, :, ch] = (x[n, :, :, ch] - mean) * factors[n] + mean
+    return y
+
+
+def adjust_contrast_backward(dy, factors):
+    """y = f x + (1 - f) mean(x), so dx = f dy + (1 - f) mean(dy) (the mean's share reaches every pixel)."""
+    dx = np.zeros_like(dy)
+    for n in range(dy.shape[0]):
+        for ch in range(dy.shape[3]):
+            g = dy[n, :, :, ch]
+            dx[n, :, :, ch] = factors[n] * g + (1 - factors[n]) * g.mean()
+    return dx
