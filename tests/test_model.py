@@ -401,3 +401,27 @@ def test_metric_results_are_computed_per_epoch_unless_a_callback_reads_them():
     Counting.calls = 0
     model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[ReadsBatches()])
     assert Counting.calls == 2 * 3 + 2
+
+
+def test_recalibrate_callback_runs_before_each_validation():
+    from tinycnn.callbacks import RecalibrateBatchNorm
+    seen = []
+
+    class Spy(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(self.model.layers[1].recalibrated)
+
+    x, y = random_data(16, (6, 5, 2), 3)
+    model = small_model()
+    model.compile(loss="categorical_crossentropy")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "unsettled statistics" warning: they were recalibrated
+        model.fit(x, y, epochs=2, batch_size=8, validation_data=(x, y), verbose=0,
+                  callbacks=[RecalibrateBatchNorm(x, max_samples=10), Spy()])
+    assert seen == [True, True]
+    # The statistics are exactly those of the first 10 samples, as the network computes them.
+    h = model.layers[0].forward(x[:10].astype(np.float32), training=False).reshape(-1, 4).astype(np.float64)
+    np.testing.assert_allclose(model.layers[1].state["moving_mean"], h.mean(axis=0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="`max_samples`"):
+        RecalibrateBatchNorm(x, max_samples=0)

@@ -48,6 +48,10 @@ class Callback:
     def on_train_end(self, logs=None):
         pass
 
+    def on_test_begin(self, logs=None):
+        """Called before each validation pass of ``fit`` (Keras's name)."""
+        pass
+
 
 class History(Callback):
     """Records every epoch's logs: ``history.history['loss']``, ``['val_accuracy']``, ...; ``history.epoch``."""
@@ -77,6 +81,35 @@ class TerminateOnNaN(Callback):
 
 
 # --- argument checks shared by the callbacks below ------------------------------------------------
+
+class RecalibrateBatchNorm(Callback):
+    """Before each validation pass, set every batch-norm layer's moving statistics to the exact
+    statistics of ``x`` (see ``Sequential.recalibrate_batchnorm``).
+
+    With Keras's momentum 0.99 and a small data set, the moving statistics lag far behind the
+    network for hundreds of steps, and validation scores look like chance although training goes
+    well. Recalibrating first shows what the network has actually learnt. Training itself is
+    unchanged (it uses batch statistics); only the moving statistics are replaced.
+
+    Parameters
+    ----------
+    x : ndarray (N, H, W, C) or a batch source
+        Training images (a few hundred are plenty).
+    max_samples : int or None, default 512
+        Use at most this many samples of ``x`` (the first ones), to bound the cost per epoch.
+    batch_size : int, default 32
+    """
+
+    def __init__(self, x, max_samples=512, batch_size=32):
+        super().__init__()
+        if max_samples is not None:
+            _check_int(max_samples, "max_samples", "RecalibrateBatchNorm", minimum=1)
+        self.x = x[:max_samples] if (max_samples is not None and hasattr(x, "shape")) else x
+        self.batch_size = _check_int(batch_size, "batch_size", "RecalibrateBatchNorm", minimum=1)
+
+    def on_test_begin(self, logs=None):
+        self.model.recalibrate_batchnorm(self.x, batch_size=self.batch_size)
+
 
 def _check_int(value, argument, owner, minimum=0):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:

@@ -422,6 +422,8 @@ class Sequential:
                     break
             logs.update({m.name: m.result() for m in self.metrics})
             if validation is not None:
+                for cb in cbs:
+                    cb.on_test_begin()
                 val = self._evaluate_batches(validation, batch_size)
                 logs.update({f"val_{k}": v for k, v in val.items()})
             for cb in cbs:

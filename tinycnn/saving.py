@@ -34,6 +34,7 @@ def _model_config(model):
         "format": FORMAT,
         "version": VERSION,
         "name": model.name,
+        "metadata": model.metadata,
         "input_shape": list(model.layers[0].input_shape),
         "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in model.layers],
         "compile": None,
@@ -61,7 +62,12 @@ def save_model(model, filepath):
         Any name; ``.npz`` is a good extension since that is what the file is.
     """
     model._require_built("save")
-    arrays = {"__config__": np.frombuffer(json.dumps(_model_config(model)).encode("utf-8"), dtype=np.uint8)}
+    try:
+        text = json.dumps(_model_config(model))
+    except TypeError as e:
+        raise TypeError(f"save: the model's configuration or `metadata` is not plain JSON data ({e}); use "
+                        f"str, int, float, bool, list and dict values") from None
+    arrays = {"__config__": np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
     for i, layer in enumerate(model.layers):
         for name in layer.weight_names:
             if layer._has_weight(name):
@@ -133,6 +139,10 @@ def load_model(filepath, compile=True):
             if not layers:
                 raise fail("the model has no layers")
             model = Sequential(layers, name=config.get("name"))
+            metadata = config.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise fail("the model's metadata is not a JSON object")
+            model.metadata = metadata
             try:
                 model.build(tuple(config["input_shape"]))
             except (KeyError, TypeError, ValueError) as e:

@@ -1,0 +1,6 @@
+"""``python -m tinycnn ...``: the same as the ``tinycnn`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
