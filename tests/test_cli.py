@@ -46,10 +46,16 @@ def test_train_evaluate_predict_explain_summary(tmp_path, tiny_npz, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", str(tiny_npz), "--epochs", "1", "--out", str(out), "--verbose", "0",
                  "--loss", "categorical_focal_crossentropy", "--label-smoothing", "0.1",
-                 "--class-weight", "balanced", "--augment"]) == 0
+                 "--class-weight", "balanced", "--augment", "--class-names", "healthy", "lesion",
+                 "--positive-class", "lesion"]) == 0
     model_path = str(out / "model.npz")
     assert main(["evaluate", model_path, "--data", str(tiny_npz)]) == 0
-    assert "Confusion matrix" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "Confusion matrix" in text and "lesion samples recognised as lesion" in text
+    assert main(["evaluate", model_path, "--data", str(tiny_npz), "--positive-class", "0"]) == 0
+    assert "healthy samples recognised as healthy" in capsys.readouterr().out.split("Sensitivity")[1]
+    assert main(["evaluate", model_path, "--data", str(tiny_npz), "--positive-class", "tumour"]) == 2
+    assert "--positive-class" in capsys.readouterr().err
 
     images = []
     for i, arr in enumerate(np.load(tiny_npz)["test_images"][:2]):

@@ -54,6 +54,26 @@ def _loss(args, num_classes):
     return losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
 
 
+def _positive_class(value, names):
+    """``--positive-class`` as an index: a class name or a number; default 1 (binary tasks)."""
+    if value is None:
+        return 1
+    if value in names:
+        return names.index(value)
+    if value.isdigit() and int(value) < len(names):
+        return int(value)
+    raise ValueError(f"invalid value for --positive-class: expected a class name {names} or an index in "
+                     f"[0, {len(names)}), received {value!r}")
+
+
+def _class_names(given, default):
+    if not given:
+        return list(default)
+    if len(given) != len(default):
+        raise ValueError(f"--class-names: the data has {len(default)} classes, received {len(given)} names {given}")
+    return list(given)
+
+
 def _finish_training(model, x_train, x_test, y_test, class_names, out_dir, history, title):
     """Recalibrate batch norm, report, save model, curves and one Grad-CAM picture."""
     from .explain import grad_cam, save_grad_cam
@@ -62,7 +82,8 @@ def _finish_training(model, x_train, x_test, y_test, class_names, out_dir, histo
     print("\nRecomputing batch-norm statistics from all training data (see Sequential.recalibrate_batchnorm)")
     model.recalibrate_batchnorm(x_train)
     os.makedirs(out_dir, exist_ok=True)
-    report = classification_report(model, x_test, y_test, class_names=class_names)
+    report = classification_report(model, x_test, y_test, class_names=class_names,
+                                   positive_class=model.metadata.get("positive_class", 1))
     print(f"\n{title}\n{report}")
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report.to_dict(), f, indent=2)
@@ -71,8 +92,9 @@ def _finish_training(model, x_train, x_test, y_test, class_names, out_dir, histo
     print(f"\nSaved the model to {model_path} (tinycnn.load_model, or `tinycnn evaluate {model_path} --data ...`)")
     _save_curves(history, os.path.join(out_dir, "curves.png"))
     probs = model.predict(x_test)
-    positive = np.flatnonzero(np.argmax(probs, axis=1) == 1)
-    index = int(positive[np.argmax(probs[positive, 1])]) if positive.size else 0
+    pos = model.metadata.get("positive_class", 1)
+    positive = np.flatnonzero(np.argmax(probs, axis=1) == pos)
+    index = int(positive[np.argmax(probs[positive, pos])]) if positive.size else 0
     cam = grad_cam(model, x_test[index])
     cam_path = os.path.join(out_dir, "grad_cam.png")
     save_grad_cam(x_test[index], cam, cam_path)
@@ -152,6 +174,7 @@ def cmd_train(args):
     import tinycnn
     tinycnn.set_seed(args.seed)
     x_train, y_train, x_val, y_val, x_test, y_test, names, color = _load_training_data(args)
+    names = _class_names(args.class_names, names)
     k = len(names)
     print(f"Data {args.data}: {len(x_train)} train, {len(x_val)} validation, {len(x_test)} test images of "
           f"shape {x_train.shape[1:]}, {k} classes {names}")
@@ -159,7 +182,7 @@ def cmd_train(args):
     model.compile(optimizer=tinycnn.optimizers.Adam(learning_rate=args.learning_rate), loss=_loss(args, k),
                   metrics=["accuracy", "auc"])
     model.metadata = {"class_names": names, "image_size": list(x_train.shape[1:3]), "color_mode": color,
-                      "dataset": os.path.abspath(args.data)}
+                      "dataset": os.path.abspath(args.data), "positive_class": _positive_class(args.positive_class, names)}
     model.summary()
     history = model.fit(x_train, tinycnn.to_categorical(y_train, k), epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=(x_val, tinycnn.to_categorical(y_val, k)),
@@ -179,7 +202,10 @@ def cmd_evaluate(args):
     from .data import image_folder, load_npz
     from .report import classification_report
     model = _load_model(args.model)
-    names = model.metadata.get("class_names")
+    k = model.layers[-1].output_shape[-1]
+    names = _class_names(args.class_names, model.metadata.get("class_names") or [str(i) for i in range(k)])
+    positive = (_positive_class(args.positive_class, names) if args.positive_class is not None
+                else model.metadata.get("positive_class", 1))
     if os.path.isdir(args.data):
         h, w = model.layers[0].input_shape[:2]
         color = "grayscale" if model.layers[0].input_shape[-1] == 1 else "rgb"
@@ -189,7 +215,7 @@ def cmd_evaluate(args):
         x, y = getattr(data, f"x_{args.split}"), getattr(data, f"y_{args.split}")
         if x is None:
             raise ValueError(f"{args.data}: has no '{args.split}' split")
-    print(classification_report(model, x, y, class_names=names))
+    print(classification_report(model, x, y, class_names=names, positive_class=positive))
     return 0
 
 
@@ -262,6 +288,13 @@ def _training_options(p):
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1, help="progress display (default 1)")
 
 
+def _report_options(p):
+    p.add_argument("--class-names", nargs="+", metavar="NAME",
+                   help="names of the classes in label order (e.g. --class-names malignant benign)")
+    p.add_argument("--positive-class", metavar="NAME_OR_INDEX",
+                   help="binary tasks: the class whose recall is the sensitivity (default: class 1)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="tinycnn", description="Train, evaluate and explain small CNN image classifiers on the CPU.",
@@ -289,12 +322,14 @@ def build_parser():
     p.add_argument("--test-fraction", type=float, default=0.15, help="for folders: share held out for the test report")
     p.add_argument("--out", default=os.path.join(DEFAULT_OUT, "train"), help="output folder (default %(default)s)")
     _training_options(p)
+    _report_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluation report of a saved model on data", description=cmd_evaluate.__doc__)
     p.add_argument("model", help="model file written by tinycnn (model.npz)")
     p.add_argument("--data", required=True, help=".npz file or folder with one subfolder per class")
     p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split of an .npz (default test)")
+    _report_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="class probabilities for image files", description=cmd_predict.__doc__)
