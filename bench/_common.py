@@ -138,32 +138,15 @@ def configure_threads(threads):
 # --- the reference model and its data ------------------------------------------------------------
 
 def build_tinycnn_model(size=64, seed=0):
-    """The reference workload in tinycnn, compiled with Adam and categorical cross-entropy.
-
-    Four 3x3 'same' convolutions (32, 64, 128, 256 filters, ReLU), batch normalisation after the
-    first three, 2x2 max pooling after the last three, then Flatten, Dropout(0.5) and a 2-way
-    softmax Dense layer. Input ``(size, size, 3)`` float32, NHWC.
-    """
+    """The reference workload in tinycnn (``tinycnn.models.reference_model``: four 3x3 'same'
+    convolutions of 32, 64, 128, 256 filters with ReLU, batch norm, max pooling, Flatten,
+    Dropout(0.5), softmax Dense), compiled with Adam and categorical cross-entropy.
+    Input ``(size, size, 3)`` float32, NHWC."""
     import tinycnn
-    from tinycnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
-    from tinycnn.models import Sequential
+    from tinycnn.models import reference_model
 
     tinycnn.set_seed(seed)
-    model = Sequential([
-        Conv2D(32, (3, 3), padding="same", activation="relu", input_shape=(size, size, 3)),
-        BatchNormalization(),
-        Conv2D(64, (3, 3), padding="same", activation="relu"),
-        MaxPooling2D((2, 2)),
-        BatchNormalization(),
-        Conv2D(128, (3, 3), padding="same", activation="relu"),
-        MaxPooling2D((2, 2)),
-        BatchNormalization(),
-        Conv2D(256, (3, 3), padding="same", activation="relu"),
-        MaxPooling2D((2, 2)),
-        Flatten(),
-        Dropout(0.5),
-        Dense(NUM_CLASSES, activation="softmax"),
-    ])
+    model = reference_model((size, size, 3), NUM_CLASSES)
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     return model
 

@@ -12,38 +12,12 @@ import time
 import numpy as np
 
 from .callbacks import RecalibrateBatchNorm
+from .models import reference_model
 
 DEFAULT_OUT = "tinycnn-runs"
 
 
 # --- building blocks ------------------------------------------------------------------------------
-
-def reference_model(input_shape, num_classes, augment=False, seed=None):
-    """The reference architecture (Conv2D 32-64-128-256, batch norm, max pooling, dropout, softmax)."""
-    from .layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D, RandomFlip,
-                         RandomRotation)
-    from .models import Sequential
-    layers = []
-    if augment:
-        layers += [RandomFlip("horizontal_and_vertical", seed=seed, input_shape=input_shape),
-                   RandomRotation(0.05, seed=seed)]
-    layers += [
-        Conv2D(32, (3, 3), padding="same", activation="relu", **({} if augment else {"input_shape": input_shape})),
-        BatchNormalization(),
-        Conv2D(64, (3, 3), padding="same", activation="relu"),
-        MaxPooling2D((2, 2)),
-        BatchNormalization(),
-        Conv2D(128, (3, 3), padding="same", activation="relu"),
-        MaxPooling2D((2, 2)),
-        BatchNormalization(),
-        Conv2D(256, (3, 3), padding="same", activation="relu"),
-        MaxPooling2D((2, 2)),
-        Flatten(),
-        Dropout(0.5),
-        Dense(num_classes, activation="softmax"),
-    ]
-    return Sequential(layers)
-
 
 def _loss(args, num_classes):
     from . import losses

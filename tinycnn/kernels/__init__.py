@@ -12,6 +12,7 @@ Reading order for a learner:
 * ``normalization.py`` batch-norm moments and the per-channel affine map
 * ``losses.py``        cross-entropy and focal loss from logits (log-sum-exp) and from probabilities
 * ``optimizers.py``    Adam and SGD updates, in place
+* ``augment.py``       flips, bilinear resampling (rotation, translation) and contrast, with adjoints
 * ``reference.py``     the same operations as plain textbook loops, for reading and for tests
 
 The fast and the reference versions must agree; ``tests/test_kernels.py`` checks that they do.
