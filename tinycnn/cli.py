@@ -328,7 +328,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, OSError) as e:
         # Bad input: one clear line, not a traceback (TINYCNN_DEBUG=1 shows the traceback).
         if os.environ.get("TINYCNN_DEBUG"):
             raise
