@@ -23,6 +23,11 @@ def _check_fraction(value, argument, owner, upper=1.0):
     return float(value)
 
 
+def _row(row):
+    """One target row for an error message, shortened when long."""
+    return np.array2string(np.asarray(row), threshold=8, edgeitems=3, precision=4)
+
+
 class Loss:
     """Base class. Subclasses set ``kernel_logits`` / ``kernel_probs`` and ``fuses_with``."""
 
@@ -41,14 +46,17 @@ class Loss:
 
     # --- targets ----------------------------------------------------------------------------------
 
-    def check_targets(self, y, n_outputs, owner="fit"):
+    def check_targets(self, y, n_outputs, owner="fit", argument="y"):
         """Validate ``y`` for a model with ``n_outputs`` outputs; return it as a float or int array.
 
-        Raises a ValueError/TypeError that says what the loss expects and what came.
+        Targets are one-hot rows or probabilities: real numbers in [0, 1], and for the categorical
+        losses each row sums to 1 (soft labels are fine). Raises a ValueError/TypeError that says
+        what the loss expects and what came.
         """
         y = np.asarray(y)
         if y.dtype.kind not in "biuf":
-            raise TypeError(f"{owner}: loss '{self.name}' expects numeric targets, received dtype {y.dtype}")
+            hint = " (complex numbers are not targets: pass y.real)" if y.dtype.kind == "c" else ""
+            raise TypeError(f"{owner}: loss '{self.name}' expects numeric targets, received dtype {y.dtype}{hint}")
         if y.ndim != 2 or y.shape[1] != n_outputs:
             hint = ""
             if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1 and n_outputs > 1):
@@ -56,9 +64,25 @@ class Loss:
                         f"{n_outputs}) or use loss='sparse_categorical_crossentropy')")
             raise ValueError(f"{owner}: loss '{self.name}' expects one-hot targets of shape (N, {n_outputs}) "
                              f"to match the model's output, received shape {y.shape}{hint}")
-        if not np.isfinite(y).all():
-            raise ValueError(f"{owner}: targets contain NaN or Inf (first at sample "
-                             f"{int(np.argmin(np.isfinite(y).all(axis=1)))})")
+        if y.dtype.kind == "f":
+            finite = np.isfinite(y).all(axis=1)
+            if not finite.all():
+                raise ValueError(f"{owner}: `{argument}` contains NaN or Inf, first in sample {int(np.argmin(finite))}")
+        outside = ((y < 0) | (y > 1)).any(axis=1)
+        if outside.any():
+            i = int(np.argmax(outside))
+            raise ValueError(f"{owner}: loss '{self.name}' expects targets in [0, 1] (one-hot rows or "
+                             f"probabilities); sample {i} of `{argument}` is {_row(y[i])}")
+        if self.target_kind == "categorical":
+            sums = y.sum(axis=1, dtype=np.float64)
+            off = np.abs(sums - 1) > 1e-3
+            if off.any():
+                i = int(np.argmax(off))
+                hint = (" (a single output cannot hold one-hot rows: use activation='sigmoid' and "
+                        "loss='binary_crossentropy')" if n_outputs == 1 else "")
+                raise ValueError(f"{owner}: loss '{self.name}' expects each row of `{argument}` to sum to 1 "
+                                 f"(one-hot or soft labels); sample {i} is {_row(y[i])}, which sums to "
+                                 f"{sums[i]:.6g}{hint}")
         return y
 
     def targets(self, y, n_outputs, dtype):
@@ -144,18 +168,24 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
     def __init__(self, from_logits=False, name=None):
         super().__init__(from_logits=from_logits, name=name)
 
-    def check_targets(self, y, n_outputs, owner="fit"):
+    def check_targets(self, y, n_outputs, owner="fit", argument="y"):
         y = np.asarray(y)
+        if y.dtype.kind not in "biuf":
+            raise TypeError(f"{owner}: loss '{self.name}' expects integer class labels, received dtype {y.dtype}")
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1:
             raise ValueError(f"{owner}: loss '{self.name}' expects integer class labels of shape (N,) or (N, 1), "
                              f"received shape {y.shape}")
-        if y.dtype.kind == "f" and y.size and (not np.isfinite(y).all() or (y != np.round(y)).any()):
-            raise TypeError(f"{owner}: loss '{self.name}' expects integer class labels, received non-integer "
-                            f"values of dtype {y.dtype}")
-        if y.dtype.kind not in "biuf":
-            raise TypeError(f"{owner}: loss '{self.name}' expects integer class labels, received dtype {y.dtype}")
+        if y.dtype.kind == "f":
+            finite = np.isfinite(y)
+            if not finite.all():
+                raise ValueError(f"{owner}: `{argument}` contains NaN or Inf, first in sample {int(np.argmin(finite))}")
+            fractional = y != np.round(y)
+            if fractional.any():
+                i = int(np.argmax(fractional))
+                raise TypeError(f"{owner}: loss '{self.name}' expects integer class labels, received non-integer "
+                                f"values of dtype {y.dtype} (sample {i} has label {y[i].item()!r})")
         bad = (y < 0) | (y >= n_outputs)
         if bad.any():
             i = int(np.argmax(bad))
@@ -234,11 +264,11 @@ class BinaryCrossentropy(Loss):
     fuses_with = "sigmoid"
     target_kind = "binary"
 
-    def check_targets(self, y, n_outputs, owner="fit"):
+    def check_targets(self, y, n_outputs, owner="fit", argument="y"):
         y = np.asarray(y)
         if y.ndim == 1 and n_outputs == 1:
             y = y[:, None]
-        return super().check_targets(y, n_outputs, owner)
+        return super().check_targets(y, n_outputs, owner, argument)
 
     def targets(self, y, n_outputs, dtype):
         t = np.asarray(y, dtype=dtype).reshape(-1, n_outputs)

@@ -186,7 +186,9 @@ class AUC(Metric):
     **Undefined AUC.** With only one class present in the targets (say, a validation batch with no
     positive case) no pair can be ranked: ``result()`` returns NaN and does not raise or warn.
     With more than two classes, classes absent from the targets are left out of the mean (where
-    scikit-learn would raise); NaN only if no class can be scored.
+    scikit-learn would raise); NaN only if no class can be scored. Scores that are not finite (a
+    diverged model predicts NaN) cannot be ranked either: the AUC is then NaN as well, as the loss
+    is, and training goes on (scikit-learn would raise).
     """
 
     def __init__(self, name="auc", target_kind=None):
@@ -215,6 +217,8 @@ class AUC(Metric):
         truth = np.concatenate(self._truth)
         scores = np.concatenate(self._scores)
         w = np.concatenate(self._weights)
+        if not (np.isfinite(scores).all() and np.isfinite(w).all()):
+            return math.nan
         aucs = []
         for j in range(truth.shape[1]):
             positive = truth[:, j]

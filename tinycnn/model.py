@@ -12,6 +12,7 @@ The training loop lives here and nowhere else. One step, for a batch ``(x, y)``:
 Inputs are validated once, here, at the entry points; the layers trust what they are given.
 """
 import math
+import os
 import sys
 import warnings
 
@@ -29,6 +30,39 @@ from .layers.normalization import BatchNormalization
 
 def _is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _as_array(value, where, argument):
+    """``np.asarray(value)``, with an error naming the argument when nested lists are ragged."""
+    try:
+        return np.asarray(value)
+    except ValueError as e:
+        raise ValueError(f"{where}: `{argument}` cannot be read as one array: its samples have different shapes "
+                         f"or lengths ({e})") from None
+
+
+def _real_numbers(a, where, argument):
+    """Refuse complex, string, object and other non-numeric arrays, saying what to do instead."""
+    if a.dtype.kind == "c":
+        raise TypeError(f"{where}: `{argument}` must be a real numeric array, received complex dtype {a.dtype}; "
+                        f"tinycnn computes with real numbers only: pass {argument}.real, or np.abs({argument}) "
+                        f"for magnitudes")
+    if a.dtype.kind not in "biuf":
+        hint = (f" (an object array: if it holds numbers, convert it with np.asarray({argument}, dtype=np.float32))"
+                if a.dtype.kind == "O" else "")
+        raise TypeError(f"{where}: `{argument}` must be a real numeric array, received dtype {a.dtype}{hint}")
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_stacklevel():
+    """``stacklevel`` for ``warnings.warn`` (called from the caller of this function) that points at the
+    first frame outside the tinycnn package: the user's line, however deep the call came from."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class Sequential:
@@ -175,9 +209,8 @@ class Sequential:
     def _check_x(self, x, where, argument="x"):
         if x is None:
             raise ValueError(f"{where}: argument `{argument}` is required")
-        x = np.asarray(x)
-        if x.dtype.kind not in "biuf":
-            raise TypeError(f"{where}: `{argument}` must be a real numeric array, received dtype {x.dtype}")
+        x = _as_array(x, where, argument)
+        _real_numbers(x, where, argument)
         if not self.built:
             if x.ndim < 2:
                 raise ValueError(f"{where}: `{argument}` must be a batch of samples (N, ...), received shape "
@@ -191,10 +224,28 @@ class Sequential:
         if x.shape[0] == 0:
             raise ValueError(f"{where}: `{argument}` holds no samples (shape {x.shape})")
         if x.dtype.kind == "f":
-            finite = np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+            # Per-sample extremes: NaN propagates through max/min, so one pass each finds NaN, Inf and
+            # values too large for the model's dtype, without a temporary the size of x.
+            axes = tuple(range(1, x.ndim))
+            high, low = x.max(axis=axes), x.min(axis=axes)
+            finite = np.isfinite(high) & np.isfinite(low)
             if not finite.all():
                 raise ValueError(f"{where}: `{argument}` contains NaN or Inf, first in sample "
                                  f"{int(np.argmin(finite))}")
+            if x.dtype.itemsize > self.dtype.itemsize:  # e.g. float64 data for a float32 model
+                limit = np.finfo(self.dtype).max
+                inside = (high <= limit) & (low >= -limit)
+                if not inside.all():
+                    raise ValueError(f"{where}: `{argument}` holds values beyond the {self.dtype} range "
+                                     f"(|value| > {limit:.3g}), first in sample {int(np.argmin(inside))}; they "
+                                     f"would become Inf in the model's {self.dtype}")
+        elif x.dtype in (np.uint8, np.uint16):
+            top = np.iinfo(x.dtype).max
+            self._warn_once("unscaled input", (
+                f"{where}: `{argument}` holds {x.dtype} values (unscaled pixels, 0..{top}), but the network "
+                f"works best on floats in [0, 1]: divide by {top} first ({argument}.astype('float32') / {top}), "
+                f"or read images with tinycnn.data (load_npz, image_folder), which scale them. "
+                f"(Shown once per model.)"))
         return x
 
     def _check_y(self, y, n, where, argument="y"):
@@ -205,19 +256,37 @@ class Sequential:
             raise ValueError(f"{where}: the loss expects the model's output to be (batch, classes), but "
                              f"{head.describe()} outputs {(None,) + head.output_shape}; end the model with "
                              f"Flatten() or GlobalAveragePooling2D() and a Dense layer")
-        y = self.loss.check_targets(y, head.output_shape[-1], owner=where)
-        if y.shape[0] != n:
-            raise ValueError(f"{where}: `x` has {n} samples but `{argument}` has {y.shape[0]}; they must match")
-        return y
+        y = _as_array(y, where, argument)
+        if y.ndim == 0 or y.shape[0] != n:
+            raise ValueError(f"{where}: `x` has {n} samples but `{argument}` has "
+                             f"{y.shape[0] if y.ndim else 'none (a scalar)'}; they must match")
+        return self.loss.check_targets(y, head.output_shape[-1], owner=where, argument=argument)
 
     def _check_sample_weight(self, sample_weight, n, where):
         if sample_weight is None:
             return None
-        w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
-        if w.shape[0] != n or not np.isfinite(w).all() or (w < 0).any():
-            raise ValueError(f"{where}: `sample_weight` must hold {n} finite non-negative values, received "
-                             f"shape {np.shape(sample_weight)}")
+        w = _as_array(sample_weight, where, "sample_weight")
+        _real_numbers(w, where, "sample_weight")
+        if w.ndim == 2 and w.shape[1] == 1:
+            w = w[:, 0]
+        if w.shape != (n,):
+            raise ValueError(f"{where}: `sample_weight` must hold one weight per sample, shape ({n},), received "
+                             f"shape {w.shape}")
+        w = w.astype(np.float64)
+        finite = np.isfinite(w)
+        if not finite.all():
+            raise ValueError(f"{where}: `sample_weight` contains NaN or Inf, first in sample {int(np.argmin(finite))}")
+        if (w < 0).any():
+            i = int(np.argmax(w < 0))
+            raise ValueError(f"{where}: `sample_weight` must be >= 0, sample {i} has weight {float(w[i])!r}")
         return w
+
+    def _warn_once(self, key, message, category=UserWarning):
+        """Warn with ``message`` the first time ``key`` comes up for this model; stay silent after."""
+        warned = self.__dict__.setdefault("_warned_once", set())
+        if key not in warned:
+            warned.add(key)
+            warnings.warn(message, category, stacklevel=_user_stacklevel())
 
     def _class_labels(self, y):
         if self.loss.target_kind == "sparse":
@@ -256,8 +325,8 @@ class Sequential:
             for key, value in class_weight.items():
                 if not _is_int(key) or not 0 <= key < n_classes:
                     raise ValueError(f"{where}: `class_weight` key {key!r} is not a class index in [0, {n_classes})")
-                if not isinstance(value, (int, float, np.floating, np.integer)) or not value >= 0:
-                    raise ValueError(f"{where}: `class_weight` value for class {key} must be a float >= 0, "
+                if not isinstance(value, (int, float, np.floating, np.integer)) or not 0 <= value < math.inf:
+                    raise ValueError(f"{where}: `class_weight` value for class {key} must be a finite float >= 0, "
                                      f"received {value!r}")
                 table[key] = float(value)
         else:
@@ -563,17 +632,16 @@ class Sequential:
     def _warn_if_batchnorm_unsettled(self):
         """Warn once per model when inference would use moving statistics that still mostly hold
         their initial values (see :meth:`recalibrate_batchnorm`)."""
-        if getattr(self, "_bn_warned", False):
+        if "batchnorm" in self.__dict__.get("_warned_once", ()):
             return
         for layer in self.layers:
             if isinstance(layer, BatchNormalization) and not layer.statistics_settled():
-                self._bn_warned = True
                 left = layer.momentum ** layer.updates
-                warnings.warn(
+                self._warn_once("batchnorm", (
                     f"{layer.describe()} has had {layer.updates} training updates with momentum {layer.momentum}: "
                     f"its moving statistics still carry {100 * left:.0f}% of their initial values (0 and 1), so "
                     f"inference-mode outputs may be poor. Call model.recalibrate_batchnorm(x_train) after training "
-                    f"to set them from the data.", RuntimeWarning, stacklevel=3)
+                    f"to set them from the data."), RuntimeWarning)
                 return
 
     # --- weights, summary, saving -----------------------------------------------------------------

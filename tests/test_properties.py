@@ -1,0 +1,227 @@
+"""Property-based tests (hypothesis): over random shapes, kernel sizes, strides, paddings and pool
+sizes, the layers (running the fast Numba kernels) agree with the textbook loops in
+``tinycnn/kernels/reference.py``, and every gradient agrees with central finite differences. And
+model files with random damage (to the JSON config, or to any bytes) either load or give a
+``ModelFileError``, never another exception.
+
+The hand-picked cases in test_kernels.py and test_layers.py show the common shapes; these look for
+the corners nobody picked: a kernel larger than the image with 'same' padding, a stride larger than
+the kernel, a pool of 1, a batch of one, a single channel.
+
+Runs are repeatable: ``derandomize=True`` draws the same examples on every run and machine (for a
+given hypothesis version), and no example database is written. Everything is float64 (so finite
+differences are meaningful, and Numba compiles one signature) and small (so the whole file takes a
+few seconds).
+"""
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from conftest import GRAD_TOL  # noqa: E402
+import tinycnn  # noqa: E402
+from test_hostile_files import config_of, entries, good_model, set_config, write_zip  # noqa: E402
+from tinycnn import losses  # noqa: E402
+from tinycnn.gradcheck import check_layers  # noqa: E402
+from tinycnn.kernels import reference as R  # noqa: E402
+from tinycnn.layers import AveragePooling2D, BatchNormalization, Conv2D, MaxPooling2D  # noqa: E402
+from tinycnn.saving import ModelFileError  # noqa: E402
+
+PROPERTY = settings(max_examples=30, deadline=None, derandomize=True, database=None)
+CLOSE = dict(rtol=1e-10, atol=1e-10)
+#: Finite-difference tolerance here: 10x the hand-picked cases' GRAD_TOL. Over thousands of random
+#: draws a few (small batch-norm batches, a nearly constant channel) reach 1-2e-6 from rounding
+#: noise alone; a wrong derivative gives errors of order 1e-2 to 1.
+PROPERTY_GRAD_TOL = 10 * GRAD_TOL
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+@st.composite
+def geometry(draw, max_window=4):
+    """A batch shape and a window (kernel or pool) with strides and padding that fit it."""
+    padding = draw(st.sampled_from(["valid", "same"]))
+    kh, kw = draw(st.integers(1, max_window)), draw(st.integers(1, max_window))
+    low_h, low_w = (kh, kw) if padding == "valid" else (1, 1)
+    h, w = draw(st.integers(low_h, 7)), draw(st.integers(low_w, 7))
+    return dict(n=draw(st.integers(1, 2)), h=h, w=w, c=draw(st.integers(1, 3)), window=(kh, kw),
+                strides=(draw(st.integers(1, 3)), draw(st.integers(1, 3))), padding=padding)
+
+
+def _randomise(layer, gen):
+    layer.set_weights([gen.standard_normal(w.shape) for w in layer.get_weights()])
+
+
+@PROPERTY
+@given(g=geometry(), filters=st.integers(1, 3), use_bias=st.booleans(), seed=seeds)
+def test_conv2d_matches_the_reference_and_finite_differences(g, filters, use_bias, seed):
+    gen = np.random.default_rng(seed)
+    layer = Conv2D(filters, g["window"], strides=g["strides"], padding=g["padding"], use_bias=use_bias,
+                   dtype="float64")
+    layer.build((g["h"], g["w"], g["c"]))
+    _randomise(layer, gen)
+    x = gen.standard_normal((g["n"], g["h"], g["w"], g["c"]))
+    kernel, bias = layer.params["kernel"], layer.params.get("bias")
+
+    y = layer.forward(x, training=True)
+    np.testing.assert_allclose(y, R.conv2d_forward(x, kernel, bias, g["strides"], g["padding"]), **CLOSE)
+    dy = gen.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    dx_ref, dw_ref, db_ref = R.conv2d_backward(x, kernel, dy, g["strides"], g["padding"])
+    np.testing.assert_allclose(dx, dx_ref, **CLOSE)
+    np.testing.assert_allclose(layer.grads["kernel"], dw_ref, **CLOSE)
+    if use_bias:
+        np.testing.assert_allclose(layer.grads["bias"], db_ref, **CLOSE)
+
+    check_layers([layer], x=x, seed=seed).assert_close(PROPERTY_GRAD_TOL)
+
+
+@PROPERTY
+@given(g=geometry(), default_strides=st.booleans(), seed=seeds)
+def test_pooling_matches_the_reference_and_finite_differences(g, default_strides, seed):
+    gen = np.random.default_rng(seed)
+    strides = None if default_strides else g["strides"]  # None: strides = pool size, Keras's default
+    x = gen.standard_normal((g["n"], g["h"], g["w"], g["c"]))
+    for cls, forward, backward in [(MaxPooling2D, R.maxpool_forward, R.maxpool_backward),
+                                   (AveragePooling2D, R.avgpool_forward, R.avgpool_backward)]:
+        layer = cls(pool_size=g["window"], strides=strides, padding=g["padding"], dtype="float64")
+        layer.build(x.shape[1:])
+        y = layer.forward(x, training=True)
+        ref_strides = g["window"] if strides is None else strides
+        expected = forward(x, g["window"], ref_strides, g["padding"])
+        if cls is MaxPooling2D:
+            np.testing.assert_array_equal(y, expected)  # a max is exact
+        else:
+            np.testing.assert_allclose(y, expected, **CLOSE)
+        dy = gen.standard_normal(y.shape)
+        np.testing.assert_allclose(layer.backward(dy), backward(x, dy, g["window"], ref_strides, g["padding"]),
+                                   **CLOSE)
+        # Random normal inputs have no ties within the finite-difference step, so max pooling is smooth here.
+        check_layers([layer], x=x, seed=seed).assert_close(PROPERTY_GRAD_TOL)
+
+
+@PROPERTY
+@given(shape=st.sampled_from([(1, 3), (2, 1), (5, 4), (1, 2, 2, 3), (2, 3, 1, 2), (3, 2, 4, 1)]),
+       training=st.booleans(), constant_channel=st.booleans(), seed=seeds)
+def test_batchnorm_matches_the_reference_and_finite_differences(shape, training, constant_channel, seed):
+    gen = np.random.default_rng(seed)
+    x = gen.standard_normal(shape) * 3 + 1
+    if constant_channel:
+        x[..., 0] = 2.5  # variance 0 in that channel
+    layer = BatchNormalization(dtype="float64")
+    layer.build(shape[1:])
+    c = shape[-1]
+    # |gamma| >= 0.5 as in the layer harness: a tiny gamma shrinks the input gradient to the level of
+    # the finite differences' rounding noise, and the check would measure noise.
+    gamma, beta = gen.uniform(0.5, 1.5, c) * gen.choice([-1, 1], c), gen.standard_normal(c)
+    mean, var = gen.standard_normal(c), gen.uniform(0.0, 2.0, c)
+    layer.set_weights([gamma, beta, mean, var])
+    y = layer.forward(x, training=training)
+    dy = gen.standard_normal(shape)
+    dx = layer.backward(dy)
+    if training:
+        np.testing.assert_allclose(y, R.batchnorm_forward(x, gamma, beta, 1e-3)[0], **CLOSE)
+        np.testing.assert_allclose(dx, R.batchnorm_backward(x, dy, gamma, 1e-3)[0], rtol=1e-9, atol=1e-9)
+    else:
+        np.testing.assert_allclose(y, R.batchnorm_inference(x, gamma, beta, mean, var, 1e-3), **CLOSE)
+    assert np.isfinite(dx).all()
+    if training and x.size == c:
+        # A batch of one value per channel: the output is beta whatever x and gamma are, so their
+        # gradients are exactly 0. (Finite differences would only measure rounding noise, amplified
+        # by 1/sqrt(epsilon).)
+        assert not dx.any() and not layer.grads["gamma"].any()
+        return
+    layer.set_weights([gamma, beta, mean, var])  # forward in training mode moved the moving statistics
+    check_layers([layer], x=x, training=training, seed=seed).assert_close(PROPERTY_GRAD_TOL)
+
+
+@PROPERTY
+@given(n=st.integers(1, 4), k=st.integers(2, 5), scale=st.sampled_from([1.0, 30.0, 1e3, 1e4]),
+       smoothing=st.sampled_from([0.0, 0.1]), seed=seeds)
+def test_cross_entropy_from_logits_of_any_size_is_finite_and_exact(n, k, scale, smoothing, seed):
+    gen = np.random.default_rng(seed)
+    z = gen.standard_normal((n, k)) * scale
+    z[0, 1:] = z[0, 0]  # one row of all-equal logits
+    y = np.eye(k)[gen.integers(0, k, n)]
+    loss = losses.CategoricalCrossentropy(label_smoothing=smoothing)
+    value, per_sample, grad = loss.value_and_grad(y, z, logits=True)
+    t = y * (1 - smoothing) + smoothing / k
+    expected, _ = R.cross_entropy_from_logits(z, t)
+    assert np.isfinite(value) and np.isfinite(grad).all()
+    np.testing.assert_allclose(per_sample, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grad, (R.softmax(z) - t) / n, rtol=1e-12, atol=1e-15)  # p - y, exactly
+    np.testing.assert_allclose(grad.sum(axis=1), 0, atol=1e-12)
+
+
+# --- model files: any damage loads or gives a ModelFileError ----------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8)
+    | st.sampled_from(["subprocess.Popen", "Dense", "Conv2D", "float64", "same", "relu", -1, 0, 10**9,
+                       [10**6, 10**6], [3, 3], {"class_name": "Dense", "config": {"units": 10**9}}]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=8)
+
+
+def _paths(value, prefix=()):
+    """Every place in a JSON value: tuples of keys and indices."""
+    yield prefix
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        yield from _paths(child, prefix + (key,))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_any_change_to_the_config_loads_or_gives_a_model_file_error(tmp_path_factory, data):
+    """Replace or delete one value anywhere in a good config with anything JSON can hold: the file
+    either loads or is refused with a ModelFileError; never another exception, never a big allocation."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    files = _fuzz_files(folder)
+    config = config_of(files)
+    path = data.draw(st.sampled_from(list(_paths(config))[1:]))
+    parent = config
+    for key in path[:-1]:
+        parent = parent[key]
+    if isinstance(parent, dict) and data.draw(st.booleans()):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = data.draw(_JSON)
+    set_config(files, config)
+    target = write_zip(folder / "fuzz.npz", files)
+    try:
+        tinycnn.load_model(target)
+    except ModelFileError as e:
+        assert str(e).startswith(f"{target}: ")
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_any_damage_to_the_bytes_loads_or_gives_a_model_file_error(tmp_path_factory, data):
+    """Overwrite a few bytes anywhere (zip headers, .npy headers, data), maybe cut the end off."""
+    folder = tmp_path_factory.mktemp("flip")
+    _fuzz_files(folder)
+    damaged = bytearray(_fuzz_cache["bytes"])
+    for _ in range(data.draw(st.integers(1, 4))):
+        damaged[data.draw(st.integers(0, len(damaged) - 1))] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        damaged = damaged[:data.draw(st.integers(0, len(damaged)))]
+    target = folder / "damaged.npz"
+    target.write_bytes(bytes(damaged))
+    try:
+        tinycnn.load_model(target)
+    except ModelFileError as e:
+        assert str(e).startswith(f"{target}: ")
+
+
+_fuzz_cache = {}
+
+
+def _fuzz_files(folder):
+    if "files" not in _fuzz_cache:
+        good_model().save(folder / "good.npz")
+        _fuzz_cache["files"] = entries(folder / "good.npz")
+        _fuzz_cache["bytes"] = (folder / "good.npz").read_bytes()
+    return dict(_fuzz_cache["files"])
