@@ -211,7 +211,8 @@ def test_image_folder_pixels_sizes_and_color_modes(folder):
     assert x.shape == (6, 4, 8, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
     np.testing.assert_allclose(x[0], np.broadcast_to([1.0, 0.0, 0.2], (4, 8, 3)), atol=1e-6)  # resized solid
     np.testing.assert_allclose(x[3], np.broadcast_to([10 / 255, 20 / 255, 30 / 255], (4, 8, 3)), atol=1e-6)  # RGBA
-    palette_rgb = np.asarray(Image.open(folder / "malignant" / "f.gif").convert("RGB"))[0, 0] / 255
+    with Image.open(folder / "malignant" / "f.gif") as gif:
+        palette_rgb = np.asarray(gif.convert("RGB"))[0, 0] / 255
     np.testing.assert_allclose(x[4], np.broadcast_to(palette_rgb, (4, 8, 3)), atol=1e-6)  # palette GIF
     assert np.allclose(x[1][..., 0], x[1][..., 1])  # grayscale file, three equal channels
     gray = scan(folder, image_size=6, color_mode="grayscale")

@@ -197,3 +197,14 @@ def test_load_refuses_classes_outside_the_allow_list(tmp_path):
     np.savez(evil, **arrays)
     with pytest.raises(ValueError, match=r"evil.npz: layer 0 asks for class 'os.system', which is not a tinycnn layer"):
         tinycnn.load_model(evil)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: tinycnn.optimizers.SGD(nesterov="yes"), r"SGD: invalid value for argument `nesterov`: expected a bool"),
+    (lambda: BatchNormalization(center="no"), r"`center`: expected a bool, received 'no'"),
+    (lambda: tinycnn.losses.CategoricalFocalCrossentropy(gamma=float("inf")), r"`gamma`"),
+    (lambda: Dense(2, dtype=[None]), r"`dtype`"),
+])
+def test_flags_and_numbers_are_checked_not_coerced(make, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        make()

@@ -227,7 +227,7 @@ class CategoricalFocalCrossentropy(Loss):
         if alpha_arr is None or alpha_arr.ndim > 1 or not np.all(np.isfinite(alpha_arr)) or np.any(alpha_arr < 0):
             raise ValueError(f"{type(self).__name__}: invalid value for argument `alpha`: expected a float >= 0 "
                              f"or a list of per-class floats >= 0, received {alpha!r}")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.floating)) or not gamma >= 0:
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.floating)) or not 0 <= gamma < np.inf:
             raise ValueError(f"{type(self).__name__}: invalid value for argument `gamma`: expected a float >= 0, "
                              f"received {gamma!r}")
         self.alpha = alpha_arr

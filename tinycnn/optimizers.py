@@ -137,6 +137,8 @@ class SGD(Optimizer):
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
         super().__init__(learning_rate)
         self.momentum = _check_unit(momentum, "momentum", "SGD", closed_right=True)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise ValueError(f"SGD: invalid value for argument `nesterov`: expected a bool, received {nesterov!r}")
         self.nesterov = bool(nesterov)
 
     def _update(self, p, g, slots):

@@ -112,15 +112,18 @@ def load_npz(path, num_classes=None, class_names=None):
     if os.path.isdir(path):
         raise IsADirectoryError(f"{where}: this is a folder, not an .npz file (for a folder of images with one "
                                 f"subfolder per class, use image_folder)")
+    handle = open(path, "rb")  # our own handle, so that it is closed whatever np.load makes of the bytes
     try:
-        archive = np.load(path, allow_pickle=False)
+        archive = np.load(handle, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        handle.close()
         raise fail(f"not a readable .npz archive ({type(e).__name__}: {e}); the file may be truncated or "
                    f"not an .npz at all") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
+        handle.close()
         raise fail(f"holds a single array of shape {archive.shape} (an .npy file), not an .npz archive with "
                    f"keys train_images, train_labels, ...")
-    with archive:
+    with handle, archive:
         keys = list(archive.files)
         for key in ("train_images", "train_labels"):
             if key not in keys:

@@ -101,7 +101,7 @@ class Layer:
             self.dtype = np.dtype(dtype)
         except TypeError:
             self.dtype = None
-        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        if self.dtype is None or self.dtype.name not in ("float32", "float64"):
             raise ValueError(f"{self.describe()}: invalid value for argument `dtype`: expected 'float32' "
                              f"or 'float64', received {dtype!r}")
         if input_shape is not None:

@@ -56,6 +56,10 @@ class BatchNormalization(Layer):
                              f"received {epsilon!r}")
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
+        for argument, value in (("center", center), ("scale", scale)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{self.describe()}: invalid value for argument `{argument}`: expected a bool, "
+                                 f"received {value!r}")
         self.center = bool(center)
         self.scale = bool(scale)
         #: Training-mode forward passes since the statistics were initialised (see statistics_settled).
