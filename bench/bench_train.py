@@ -78,10 +78,13 @@ INSTALL_HINTS = {
     "keras": "pip install keras jax",
 }
 
-#: Seconds of idle time between two systems' repeats. Thread pools (OpenMP, OpenBLAS) keep their
-#: workers spinning for a moment after a parallel region; this lets them park before the next
-#: system starts, so that one system's idle spinners do not steal cores from the other.
-SETTLE_SECONDS = 0.05
+#: Default seconds of idle time between two systems' repeats (``--settle``). Thread pools (OpenMP,
+#: OpenBLAS) keep their workers spinning for a while after a parallel region; this lets them park
+#: before the next system starts, so that one system's idle spinners do not steal cores from the
+#: other. Measured here: with 0.05 s, tinycnn's batch-32 inference right after PyTorch's ran at
+#: 126-233 images/s (bimodal) against a steady ~230 alone; PyTorch's OpenMP workers were still
+#: spinning when tinycnn started.
+SETTLE_SECONDS = 0.5
 
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_probe.py")
 
@@ -263,7 +266,7 @@ def run_task(systems, task, args, failed):
     rates = {system.name: [] for system in active}
     for repeat in range(args.repeats):
         for system in active:
-            time.sleep(SETTLE_SECONDS)
+            time.sleep(args.settle)
             seconds = time_steps(system.steps[key], args.steps)
             rates[system.name].append(batch * args.steps / seconds)
         progress(f"  {label}: repeat {repeat + 1}/{args.repeats}: "
@@ -357,6 +360,9 @@ def parse_args(argv=None):
                              "(default: %(default)s; a peer that is not installed is skipped)")
     parser.add_argument("--inference-batch-sizes", metavar="LIST",
                         help="comma-separated inference batch sizes (default: the training batch size and 256)")
+    parser.add_argument("--settle", type=float, default=SETTLE_SECONDS, metavar="SECONDS",
+                        help="idle time before each system's repeat, so the previous system's spinning "
+                             "threads park (default: %(default)s)")
     parser.add_argument("--no-probes", action="store_true",
                         help="skip the two subprocess measurements (tinycnn's peak RSS and start-up time)")
     args = parser.parse_args(argv)
@@ -466,7 +472,7 @@ def main(argv=None):
             "settings": {"batch_size": args.batch_size, "image_size": args.image_size, "threads": args.threads,
                          "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup,
                          "peers": args.peer_list, "inference_batch_sizes": [t[3] for t in tasks[1:]],
-                         "settle_seconds": SETTLE_SECONDS},
+                         "settle_seconds": args.settle},
             "systems": [s.name for s in systems],
             "peers_missing": {name: INSTALL_HINTS[name] for name in missing},
             "peers_failed": failed,
