@@ -425,3 +425,16 @@ def test_recalibrate_callback_runs_before_each_validation():
     np.testing.assert_allclose(model.layers[1].state["moving_mean"], h.mean(axis=0), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="`max_samples`"):
         RecalibrateBatchNorm(x, max_samples=0)
+
+
+def test_no_batchnorm_warning_for_untrained_or_given_statistics():
+    import warnings
+    x, y = random_data(8, (6, 5, 2), 3)
+    model = small_model()
+    model.compile(loss="categorical_crossentropy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(x)  # untrained: nothing has moved the statistics yet
+        model.fit(x, y, epochs=1, verbose=0)
+        model.set_weights(model.get_weights())  # statistics given from elsewhere (e.g. Keras)
+        model.predict(x)

@@ -64,13 +64,20 @@ class BatchNormalization(Layer):
         self.scale = bool(scale)
         #: Training-mode forward passes since the statistics were initialised (see statistics_settled).
         self.updates = 0
-        #: True once ``Sequential.recalibrate_batchnorm`` has set exact population statistics.
+        #: True once the moving statistics come from data rather than from a few momentum updates:
+        #: set by ``Sequential.recalibrate_batchnorm`` and by ``set_weights`` (e.g. weights from Keras).
         self.recalibrated = False
 
     def statistics_settled(self, tolerance=0.05):
-        """True when the initial moving statistics weigh less than ``tolerance`` in the current ones
-        (``momentum ** updates < tolerance``: 299 updates at momentum 0.99), or after recalibration."""
-        return self.recalibrated or self.momentum ** self.updates < tolerance
+        """False only while training has started to move the statistics but their initial values
+        still weigh at least ``tolerance`` (``momentum ** updates``: fewer than 299 updates at momentum
+        0.99). An untrained layer (0 updates), or one whose statistics were recalibrated or set with
+        ``set_weights``, counts as settled."""
+        return self.recalibrated or self.updates == 0 or self.momentum ** self.updates < tolerance
+
+    def set_weights(self, weights):
+        super().set_weights(weights)
+        self.recalibrated = True  # the moving statistics were given, e.g. trained elsewhere
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) < 1:
