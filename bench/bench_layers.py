@@ -40,8 +40,18 @@ Reading the output
   the sum of the rows against a measured ``train_on_batch`` (the difference is input validation,
   copies and Python glue outside the layers).
 
+Convolution breakdown
+---------------------
+A second table takes each Conv2D apart the way ``Conv2D.forward``/``backward`` run it, chunk by
+chunk with the layer's own chunk size, and times each piece over the whole batch: ``im2col``
+(forward and again in backward), the three products (forward ``cols @ W``, weight gradient
+``cols.T @ dz``, input gradient ``dz @ W.T``) with their GFLOP/s and % of the GEMM ceiling,
+``col2im``, and the bias/ReLU epilogues. It answers "is a convolution slow in its products or
+around them?".
+
 Internal names used: ``model.layers``, ``model._loss``, ``model._fused``, ``model._trainable``,
-``layer.backward_from_logits`` and ``layer.input_grad_needed``.
+``layer.backward_from_logits``, ``layer.input_grad_needed`` and Conv2D's ``_chunk_images``,
+``_columns``, ``_pad_h``/``_pad_w``, ``_bias``.
 """
 import argparse
 import os
@@ -237,6 +247,9 @@ def main(argv=None):
     print_rows(rows)
     totals = summarize_totals(rows, total_ms, 1e3 * extra["train_on_batch"], peak)
     print_totals(totals)
+    progress("taking the convolutions apart ...")
+    breakdown = conv_breakdown(model, x, args.repeats, peak)
+    print_conv_breakdown(breakdown)
 
     if args.json:
         payload = {
@@ -248,9 +261,121 @@ def main(argv=None):
             "gemm": gemm,
             "rows": rows,
             "totals": totals,
+            "conv_breakdown": breakdown,
         }
         _common.write_json(args.json, payload)
         print(f"\nJSON written to {args.json}")
+
+
+def conv_breakdown(model, x, repeats, peak):
+    """Time the pieces of every Conv2D's forward and backward (see the module docstring)."""
+    import numpy as np
+    from tinycnn.kernels import conv as K
+    from tinycnn.layers import Conv2D
+
+    rows = []
+    h = x
+    for layer in model.layers:
+        if isinstance(layer, Conv2D):
+            rows.append(_time_conv_pieces(layer, np.ascontiguousarray(h), repeats, peak, K))
+        h = layer.forward(h, training=True)
+    return rows
+
+
+def _time_conv_pieces(layer, x, repeats, peak, K):
+    import numpy as np
+    n = x.shape[0]
+    oh, ow, f = layer.output_shape
+    pix = oh * ow
+    kh, kw = layer.kernel_size
+    w2d = layer.params["kernel"].reshape(-1, f)
+    step = layer._chunk_images(n)
+    buf = np.empty((step * pix, w2d.shape[0]), dtype=layer.dtype)
+    y2d = np.empty((n * pix, f), dtype=layer.dtype)
+    dz2d = np.random.default_rng(0).standard_normal(y2d.shape).astype(layer.dtype)
+    dx = np.empty_like(x)
+    dz_out = np.empty_like(dz2d)
+    dw = np.empty_like(w2d)
+    part = np.empty_like(w2d)
+    chunks = [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
+    relu = layer.activation.name == "relu"
+
+    def im2col_all():
+        for n0, n1 in chunks:
+            layer._columns(x[n0:n1], buf)
+
+    def gemm(kind):
+        timings = {"im2col": 0.0, kind: 0.0}
+        for n0, n1 in chunks:
+            t0 = time.perf_counter()
+            cols = layer._columns(x[n0:n1], buf)
+            t1 = time.perf_counter()
+            rows_ = slice(n0 * pix, n1 * pix)
+            if kind == "fwd GEMM":
+                np.matmul(cols, w2d, out=y2d[rows_])
+            elif kind == "dW GEMM":
+                np.matmul(cols.T, dz2d[rows_], out=part)
+                dw[...] += part
+            else:
+                np.matmul(dz2d[rows_], w2d.T, out=buf[: (n1 - n0) * pix])
+            timings["im2col"] += t1 - t0
+            timings[kind] += time.perf_counter() - t1
+        return timings
+
+    def col2im_all():
+        for n0, n1 in chunks:
+            if not layer._pointwise:
+                K.col2im(buf[: (n1 - n0) * pix], kh, kw, layer.strides[0], layer.strides[1], layer._pad_h,
+                         layer._pad_w, oh, ow, dx[n0:n1])
+
+    pieces = {}
+    for _ in range(repeats + 1):  # the first round warms up
+        for kind in ("fwd GEMM", "dW GEMM", "dX GEMM"):
+            if kind == "dX GEMM" and not layer.input_grad_needed:
+                continue
+            for key, seconds in gemm(kind).items():
+                pieces.setdefault(key if key != "im2col" else f"im2col ({kind})", []).append(seconds)
+        t0 = time.perf_counter()
+        col2im_all()
+        t1 = time.perf_counter()
+        K.bias_act_forward(y2d, layer._bias(), relu)
+        t2 = time.perf_counter()
+        K.bias_act_backward(dz2d, y2d, relu, dz_out)
+        t3 = time.perf_counter()
+        if layer.input_grad_needed and not layer._pointwise:
+            pieces.setdefault("col2im", []).append(t1 - t0)
+        pieces.setdefault("epilogues", []).append(t3 - t1)
+    ms = {k: 1e3 * statistics.median(v[1:]) for k, v in pieces.items()}
+    flop = 2.0 * n * pix * w2d.shape[0] * f
+    row = {"layer": layer.name, "chunk_images": step, "ms": ms,
+           "gemm_gflops": {k: flop / (ms[k] * 1e6) for k in ("fwd GEMM", "dW GEMM", "dX GEMM") if k in ms}}
+    # im2col runs once in forward and once in backward in the real layer (not once per product).
+    im2col_ms = statistics.median([ms[k] for k in ms if k.startswith("im2col")])
+    gemm_ms = sum(ms[k] for k in row["gemm_gflops"])
+    copies_ms = 2 * im2col_ms + ms.get("col2im", 0.0) + ms["epilogues"]
+    row.update(im2col_ms=im2col_ms, gemm_ms=gemm_ms, copies_ms=copies_ms,
+               gemm_pct_peak={k: 100 * v / peak for k, v in row["gemm_gflops"].items()})
+    return row
+
+
+def print_conv_breakdown(rows):
+    print("\nConvolution breakdown (whole batch, ms; im2col counted twice: forward and backward)")
+    header = ["layer", "chunk", "im2col", "fwd GEMM", "dW GEMM", "dX GEMM", "col2im", "epilogues",
+              "GEMMs", "around them"]
+    table = []
+    for r in rows:
+        ms, pct = r["ms"], r["gemm_pct_peak"]
+
+        def g(k):
+            return f"{ms[k]:.1f} ({pct[k]:.0f}%)" if k in ms else "-"
+        table.append([r["layer"], f"{r['chunk_images']} img", f"{r['im2col_ms']:.1f}", g("fwd GEMM"), g("dW GEMM"),
+                      g("dX GEMM"), f"{ms['col2im']:.1f}" if "col2im" in ms else "-", f"{ms['epilogues']:.1f}",
+                      f"{r['gemm_ms']:.1f}", f"{r['copies_ms']:.1f}"])
+    print(_common.format_table(header, table))
+    gemm = sum(r["gemm_ms"] for r in rows)
+    copies = sum(r["copies_ms"] for r in rows)
+    print(f"(percentages: GFLOP/s of that product against the GEMM ceiling; all convolutions: {gemm:.1f} ms in "
+          f"products, {copies:.1f} ms around them)")
 
 
 if __name__ == "__main__":
