@@ -36,6 +36,8 @@ def conv_geometry(h, w, kh, kw, sh, sw, padding):
     (7, 6, 2, 3, 2, 2, 1, "valid"),
     (4, 4, 5, 1, 1, 1, 1, "valid"),
     (6, 5, 1, 5, 5, 3, 2, "same"),
+    (5, 6, 16, 3, 3, 1, 1, "same"),    # 16+ channels take im2col's slice-copy path
+    (6, 5, 32, 3, 2, 2, 1, "valid"),
 ])
 def test_conv_by_im2col_matches_direct_loops(dtype, h, w, c, kh, kw, sh, sw, padding):
     x = rand((2, h, w, c), dtype)
