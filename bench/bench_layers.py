@@ -339,7 +339,6 @@ def _time_conv_pieces(layer, x, repeats, peak, K):
         col2im_all()
         t1 = time.perf_counter()
         K.bias_act_forward(y2d, layer._bias(), relu)
-        t2 = time.perf_counter()
         K.bias_act_backward(dz2d, y2d, relu, dz_out)
         t3 = time.perf_counter()
         if layer.input_grad_needed and not layer._pointwise:

@@ -292,7 +292,7 @@ def run_probe(mode, args):
 # --- report ---------------------------------------------------------------------------------------
 
 def print_probes(memory, startup, batch_size):
-    print(f"\ntinycnn in a fresh process (bench/_probe.py)")
+    print("\ntinycnn in a fresh process (bench/_probe.py)")
     if "error" in memory:
         print(f"  memory probe failed: {memory['error']}")
     else:

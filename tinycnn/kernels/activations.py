@@ -12,7 +12,6 @@ here is a function of ``y``:
 """
 import math
 
-import numpy as np
 from numba import njit, prange
 
 

@@ -8,7 +8,6 @@ for max pooling they never win, for average pooling they are not counted in the 
 Backward passes are parallel over images only: within one image, overlapping windows (stride smaller
 than the pool) may send gradient to the same input, so that part stays sequential and race-free.
 """
-import numpy as np
 from numba import njit, prange
 
 
