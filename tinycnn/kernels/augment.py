@@ -225,25 +225,16 @@ def contrast_forward(x, factors, y):
                     y[n, i, j, ch] = f * x[n, i, j, ch] + (1.0 - f) * mean[ch]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def contrast_backward(dy, factors, dx):
     """Gradient of :func:`contrast_forward`: ``dx = f dy + (1 - f) mean(dy)`` per image and channel.
 
     The second term is the path through the mean: every pixel moved ``m`` by ``1/(H*W)``, and ``m``
     reached every output with weight ``1 - f``.
 
+    The map ``x -> f x + (1 - f) mean(x)`` is symmetric (the averaging matrix is), so it is its own
+    transpose and the backward pass is the forward pass applied to ``dy``.
+
     dy, dx : ndarray (N, H, W, C) (``dx`` written, may be ``dy``); factors : ndarray (N,)
     """
-    n_img, h, w, c = dy.shape
-    for n in prange(n_img):
-        mean = np.zeros(c)
-        for i in range(h):
-            for j in range(w):
-                for ch in range(c):
-                    mean[ch] += dy[n, i, j, ch]
-        mean /= h * w
-        f = factors[n]
-        for i in range(h):
-            for j in range(w):
-                for ch in range(c):
-                    dx[n, i, j, ch] = f * dy[n, i, j, ch] + (1.0 - f) * mean[ch]
+    contrast_forward(dy, factors, dx)
