@@ -438,3 +438,19 @@ def test_no_batchnorm_warning_for_untrained_or_given_statistics():
         model.fit(x, y, epochs=1, verbose=0)
         model.set_weights(model.get_weights())  # statistics given from elsewhere (e.g. Keras)
         model.predict(x)
+
+
+def test_class_weight_weighs_training_samples_only():
+    """As Keras: with validation_split, the held-out samples are not class-weighted."""
+    x, y = random_data(20, (6, 5, 2), 3)
+    histories = []
+    for class_weight in (None, {0: 5.0, 1: 0.1, 2: 0.1}):
+        tinycnn.set_seed(2)
+        model = small_model(dropout=0.0)
+        model.compile(optimizer="sgd", loss="categorical_crossentropy")
+        histories.append(model.fit(x, y, epochs=1, batch_size=20, shuffle=False, validation_split=0.25,
+                                   class_weight=class_weight, verbose=0).history)
+    assert histories[0]["loss"] != histories[1]["loss"]  # training loss is weighted
+    # The validation loss differs only through the (differently) updated weights, not by a factor of
+    # the class weights: with plain SGD at 0.01 one step barely moves it.
+    assert histories[1]["val_loss"][0] == pytest.approx(histories[0]["val_loss"][0], rel=0.05)

@@ -423,12 +423,6 @@ class Sequential:
         if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
             raise ValueError(f"fit: invalid value for argument `validation_split`: expected a float in [0, 1), "
                              f"received {validation_split!r}")
-        if class_weight is not None:
-            train.class_weights = self._class_weights(class_weight, train.labels(self), "fit")
-            if isinstance(train, ArrayBatches):
-                per_sample = train.class_weights[train.labels(self)]
-                sw = train.sample_weight
-                train.sample_weight = per_sample if sw is None else sw * per_sample
         if validation_data is None and validation_split:
             if not isinstance(train, ArrayBatches):
                 raise ValueError("fit: `validation_split` needs arrays; with a batch source pass "
@@ -446,6 +440,12 @@ class Sequential:
             validation = self._validation(validation_data)
         else:
             validation = None
+        if class_weight is not None:  # training samples only, as Keras: validation stays unweighted
+            train.class_weights = self._class_weights(class_weight, train.labels(self), "fit")
+            if isinstance(train, ArrayBatches):
+                per_sample = train.class_weights[train.labels(self)]
+                sw = train.sample_weight
+                train.sample_weight = per_sample if sw is None else sw * per_sample
 
         steps = math.ceil(len(train) / batch_size)
         verbose = 1 if verbose == "auto" else int(verbose)
@@ -483,7 +483,7 @@ class Sequential:
                 if not math.isfinite(value) and not warned_nan:
                     warnings.warn(f"fit: the loss became {value} at epoch {epoch + 1}, batch {step + 1}; training "
                                   f"has diverged (try a smaller learning rate, or pass "
-                                  f"callbacks=[TerminateOnNaN()])", RuntimeWarning, stacklevel=2)
+                                  f"callbacks=[TerminateOnNaN()])", RuntimeWarning, stacklevel=_user_stacklevel())
                     warned_nan = True
                 for cb in cbs:
                     cb.on_train_batch_end(step, logs)
