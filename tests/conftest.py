@@ -58,8 +58,10 @@ def run_layer_test(make_layer, input_shape, expected_output_shape, reference=Non
     if x is None:
         x = gen.standard_normal((batch_size,) + tuple(input_shape))
     layer = make_layer("float64")
-    label = type(layer).__name__
     layer.build(tuple(input_shape))
+    label = type(layer).__name__
+    if getattr(layer, "algorithm", None) == "winograd":
+        label += " (Winograd)"
     assert layer.output_shape == tuple(expected_output_shape)
     # Randomise the weights so that gamma=1/bias=0 initial values cannot hide a mistake.
     layer.set_weights([w + gen.uniform(0.5, 1.0, w.shape) * gen.choice([-1, 1], w.shape)

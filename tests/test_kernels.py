@@ -10,6 +10,7 @@ from tinycnn.kernels import normalization as N
 from tinycnn.kernels import optimizers as O
 from tinycnn.kernels import pooling as P
 from tinycnn.kernels import reference as R
+from tinycnn.kernels import winograd as W
 from tinycnn.kernels._util import column_sums
 
 DTYPES = [np.float32, np.float64]
@@ -55,6 +56,91 @@ def test_conv_by_im2col_matches_direct_loops(dtype, h, w, c, kh, kw, sh, sw, pad
     C.col2im(dy.reshape(-1, 4) @ wt.reshape(-1, 4).T, kh, kw, sh, sw, ph, pw, oh, ow, dx)
     np.testing.assert_allclose(dx, dx_ref, **tol(dtype))
     np.testing.assert_allclose((cols.T @ dy.reshape(-1, 4)).reshape(wt.shape), dw_ref, **tol(dtype))
+
+
+def winograd_conv(x, wt, dy, padding):
+    """Forward and backward of a 3x3 stride-1 convolution through the Winograd kernels, as the
+    layer runs them (one chunk): returns y, dx, dw."""
+    n, h, w, c = x.shape
+    f = wt.shape[3]
+    oh, ow, ph, pw = conv_geometry(h, w, 3, 3, 1, 1, padding)
+    th, tw = W.tile_grid(oh, ow)
+    u = np.empty((16, c, f), dtype=x.dtype)
+    v = np.empty((16, n * th * tw, c), dtype=x.dtype)
+    W.kernel_transform(wt, u)
+    W.input_transform(x, ph, pw, th, tw, v)
+    y = np.empty((n, oh, ow, f), dtype=x.dtype)
+    W.output_transform(v @ u, th, tw, y)
+    dm = np.empty((16, n * th * tw, f), dtype=x.dtype)
+    W.output_transform_backward(dy, th, tw, dm)
+    dw = np.empty_like(wt)
+    W.kernel_transform_backward(v.transpose(0, 2, 1) @ dm, dw)
+    dx = np.empty_like(x)
+    W.input_transform_backward(dm @ u.transpose(0, 2, 1), ph, pw, th, tw, dx)
+    return y, dx, dw
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, h, w, c, f, padding", [
+    (2, 6, 6, 3, 4, "same"),
+    (2, 7, 5, 2, 3, "same"),      # odd sizes: half tiles at the bottom and right
+    (1, 5, 8, 3, 2, "valid"),
+    (2, 7, 7, 4, 5, "valid"),
+    (1, 3, 3, 2, 2, "valid"),     # a single output pixel
+    (3, 1, 1, 2, 3, "same"),      # a single input pixel: the whole tile but one is padding
+    (2, 2, 9, 3, 2, "same"),
+    (2, 10, 8, 16, 8, "same"),    # interior tiles, read in place
+])
+def test_winograd_matches_direct_loops(dtype, n, h, w, c, f, padding):
+    x = rand((n, h, w, c), dtype)
+    wt = rand((3, 3, c, f), dtype, 1)
+    y_ref = R.conv2d_forward(x, wt, None, (1, 1), padding)
+    dy = rand(y_ref.shape, dtype, 2)
+    dx_ref, dw_ref, _ = R.conv2d_backward(x, wt, dy, (1, 1), padding)
+    y, dx, dw = winograd_conv(x, wt, dy, padding)
+    # Winograd adds and subtracts transformed values before the products, so float32 rounding
+    # is a few times larger than for the direct sum.
+    close = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else tol(dtype)
+    np.testing.assert_allclose(y, y_ref, **close)
+    np.testing.assert_allclose(dx, dx_ref, **close)
+    np.testing.assert_allclose(dw, dw_ref, **close)
+
+
+@pytest.mark.parametrize("h, w, padding", [(6, 6, "same"), (7, 5, "same"), (6, 9, "valid")])
+def test_winograd_reference_twin_matches_direct_loops(h, w, padding):
+    x = rand((2, h, w, 3), np.float64)
+    wt = rand((3, 3, 3, 4), np.float64, 1)
+    np.testing.assert_allclose(R.winograd_conv3x3(x, wt, padding), R.conv2d_forward(x, wt, None, (1, 1), padding),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_winograd_transforms_are_adjoints():
+    # <T(a), b> == <a, T*(b)> for each transform and its backward: the gradient is exact.
+    x = rand((2, 7, 5, 3), np.float64)
+    oh, ow, ph, pw = conv_geometry(7, 5, 3, 3, 1, 1, "same")
+    th, tw = W.tile_grid(oh, ow)
+    v = np.empty((16, 2 * th * tw, 3))
+    W.input_transform(x, ph, pw, th, tw, v)
+    dv = rand(v.shape, np.float64, 3)
+    dx = np.empty_like(x)
+    W.input_transform_backward(dv, ph, pw, th, tw, dx)
+    assert np.isclose(np.sum(v * dv), np.sum(x * dx), rtol=1e-12)
+
+    m = rand((16, 2 * th * tw, 4), np.float64, 4)
+    y = np.empty((2, oh, ow, 4))
+    W.output_transform(m, th, tw, y)
+    dy = rand(y.shape, np.float64, 5)
+    dm = np.empty_like(m)
+    W.output_transform_backward(dy, th, tw, dm)
+    assert np.isclose(np.sum(y * dy), np.sum(m * dm), rtol=1e-12)
+
+    wt = rand((3, 3, 3, 4), np.float64, 6)
+    u = np.empty((16, 3, 4))
+    W.kernel_transform(wt, u)
+    du = rand(u.shape, np.float64, 7)
+    dw = np.empty_like(wt)
+    W.kernel_transform_backward(du, dw)
+    assert np.isclose(np.sum(u * du), np.sum(wt * dw), rtol=1e-12)
 
 
 def test_col2im_is_the_adjoint_of_im2col():

@@ -39,6 +39,70 @@ def test_conv2d_large_batch_spans_several_chunks(monkeypatch, check_layer):
                 _conv_ref, batch_size=5)
 
 
+@pytest.fixture
+def winograd_everywhere(monkeypatch):
+    """Let every 3x3 stride-1 convolution take the Winograd path, however few its channels."""
+    from tinycnn.layers import conv
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+
+
+@pytest.mark.parametrize("padding, input_shape", [
+    ("same", (7, 6, 2)), ("valid", (7, 6, 2)), ("same", (6, 6, 3)), ("valid", (6, 6, 3)),
+    ("same", (3, 5, 2)), ("valid", (3, 5, 2)), ("same", (1, 2, 2))])
+def test_conv2d_winograd(winograd_everywhere, check_layer, padding, input_shape):
+    oh, _ = R.conv_output_length(input_shape[0], 3, 1, padding)
+    ow, _ = R.conv_output_length(input_shape[1], 3, 1, padding)
+
+    def make(dt):
+        layer = Conv2D(3, 3, padding=padding, dtype=dt)
+        layer.build(input_shape)
+        assert layer.algorithm == "winograd"
+        return layer
+    check_layer(make, input_shape, (oh, ow, 3), _conv_ref)
+
+
+def test_conv2d_winograd_relu_no_bias_over_several_chunks(winograd_everywhere, monkeypatch, check_layer):
+    from tinycnn.layers import conv
+    monkeypatch.setattr(conv, "WINOGRAD_CHUNK_BYTES", 1)  # one image per chunk
+    check_layer(lambda dt: Conv2D(4, 3, padding="same", activation="relu", use_bias=False, dtype=dt),
+                (5, 6, 2), (5, 6, 4), _conv_ref, batch_size=5)
+
+
+@pytest.mark.parametrize("kernel_size, strides, channels, expected", [
+    (3, 1, 16, "winograd"),
+    (3, 1, 128, "winograd"),
+    (3, 1, 3, "im2col"),       # an RGB input: Winograd's products would be too thin
+    (3, 2, 32, "im2col"),      # strided
+    ((3, 2), 1, 32, "im2col"),
+    (5, 1, 32, "im2col"),
+    (1, 1, 32, "im2col"),      # pointwise: no im2col copy either
+])
+def test_conv2d_picks_its_algorithm(kernel_size, strides, channels, expected):
+    layer = Conv2D(8, kernel_size, strides=strides, padding="same")
+    layer.build((8, 8, channels))
+    assert layer.algorithm == expected
+
+
+@pytest.mark.parametrize("dtype, close", [("float64", dict(rtol=1e-10, atol=1e-10)),
+                                          ("float32", dict(rtol=2e-4, atol=2e-4))])
+def test_conv2d_winograd_and_im2col_agree(dtype, close):
+    gen = np.random.default_rng(0)
+    x = gen.standard_normal((3, 10, 9, 16)).astype(dtype)
+    outputs = []
+    for algorithm in ("winograd", "im2col"):
+        layer = Conv2D(8, 3, padding="same", activation="relu", dtype=dtype)
+        layer.build(x.shape[1:])
+        layer.algorithm = algorithm
+        layer.set_weights([gen.standard_normal(w.shape) for w in layer.get_weights()] if not outputs
+                          else outputs[0][-1])
+        layer.input_grad_needed = True
+        y = layer.forward(x, training=True).copy()
+        dx = layer.backward(np.linspace(-1, 1, y.size).reshape(y.shape).astype(dtype)).copy()
+        outputs.append((y, dx, layer.grads["kernel"].copy(), layer.grads["bias"].copy(), layer.get_weights()))
+    for a, b in zip(outputs[0][:4], outputs[1][:4]):
+        np.testing.assert_allclose(a, b, **close)
+
+
 def _dense_ref(x, layer):
     z = x @ layer.params["kernel"] + layer.params["bias"]
     return {"linear": lambda v: v, "relu": R.relu, "softmax": R.softmax, "tanh": np.tanh,

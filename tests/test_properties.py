@@ -79,6 +79,34 @@ def test_conv2d_matches_the_reference_and_finite_differences(g, filters, use_bia
 
 
 @PROPERTY
+@given(n=st.integers(1, 2), h=st.integers(1, 7), w=st.integers(1, 7), c=st.integers(1, 3),
+       filters=st.integers(1, 3), padding=st.sampled_from(["valid", "same"]), use_bias=st.booleans(), seed=seeds)
+def test_conv2d_winograd_matches_the_reference_and_finite_differences(n, h, w, c, filters, padding, use_bias,
+                                                                      seed):
+    if padding == "valid":
+        h, w = h + 2, w + 2  # so that the 3x3 kernel fits
+    gen = np.random.default_rng(seed)
+    layer = Conv2D(filters, 3, padding=padding, use_bias=use_bias, dtype="float64")
+    layer.build((h, w, c))
+    layer.algorithm = "winograd"  # whatever the channel count
+    _randomise(layer, gen)
+    x = gen.standard_normal((n, h, w, c))
+    kernel, bias = layer.params["kernel"], layer.params.get("bias")
+
+    y = layer.forward(x, training=True)
+    np.testing.assert_allclose(y, R.conv2d_forward(x, kernel, bias, (1, 1), padding), **CLOSE)
+    dy = gen.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    dx_ref, dw_ref, db_ref = R.conv2d_backward(x, kernel, dy, (1, 1), padding)
+    np.testing.assert_allclose(dx, dx_ref, **CLOSE)
+    np.testing.assert_allclose(layer.grads["kernel"], dw_ref, **CLOSE)
+    if use_bias:
+        np.testing.assert_allclose(layer.grads["bias"], db_ref, **CLOSE)
+
+    check_layers([layer], x=x, seed=seed).assert_close(PROPERTY_GRAD_TOL)
+
+
+@PROPERTY
 @given(g=geometry(), default_strides=st.booleans(), seed=seeds)
 def test_pooling_matches_the_reference_and_finite_differences(g, default_strides, seed):
     gen = np.random.default_rng(seed)

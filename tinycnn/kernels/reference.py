@@ -371,3 +371,38 @@ def adjust_contrast_backward(dy, factors):
             g = dy[n, :, :, ch]
             dx[n, :, :, ch] = factors[n] * g + (1 - factors[n]) * g.mean()
     return dx
+
+
+# --- Winograd F(2x2, 3x3) -------------------------------------------------------------------------
+
+WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=float)
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=float)
+
+
+def winograd_conv3x3(x, w, padding="same"):
+    """A 3x3 stride-1 convolution by Winograd's F(2x2, 3x3), one tile at a time (no bias).
+
+    For every 2x2 block of outputs, with ``d`` the 4x4 block of (padded) input under it:
+    ``y_block = A^T [ sum_c (G w_c G^T) * (B^T d_c B) ] A``. Equal to :func:`conv2d_forward` up to
+    rounding; ``kernels/winograd.py`` computes the same thing with 16 matrix products.
+    """
+    n_img, h, wd, c = x.shape
+    f = w.shape[3]
+    oh, ph = conv_output_length(h, 3, 1, padding)
+    ow, pw = conv_output_length(wd, 3, 1, padding)
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    xp = np.zeros((n_img, 2 * th + 2, 2 * tw + 2, c), dtype=x.dtype)  # every tile fits inside
+    rows, cols = min(h, 2 * th + 2 - ph), min(wd, 2 * tw + 2 - pw)
+    xp[:, ph:ph + rows, pw:pw + cols] = x[:, :rows, :cols]
+    u = np.einsum("ia,abcf,jb->ijcf", WINOGRAD_G, w, WINOGRAD_G)              # (4, 4, C, F)
+    y = np.zeros((n_img, 2 * th, 2 * tw, f), dtype=x.dtype)
+    for n in range(n_img):
+        for ti in range(th):
+            for tj in range(tw):
+                d = xp[n, 2 * ti:2 * ti + 4, 2 * tj:2 * tj + 4]                       # (4, 4, C)
+                v = np.einsum("ip,pqc,jq->ijc", WINOGRAD_BT, d, WINOGRAD_BT)       # (4, 4, C)
+                m = np.einsum("ijc,ijcf->ijf", v, u)                               # (4, 4, F)
+                y[n, 2 * ti:2 * ti + 2, 2 * tj:2 * tj + 2] = np.einsum("ai,ijf,bj->abf", WINOGRAD_AT, m,
+                                                                       WINOGRAD_AT)
+    return y[:, :oh, :ow]

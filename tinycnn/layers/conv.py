@@ -1,12 +1,19 @@
-"""Conv2D: a 2-D convolution as im2col + one BLAS matrix product per batch chunk."""
+"""Conv2D: a 2-D convolution as BLAS matrix products per batch chunk: im2col, or Winograd for 3x3."""
 import numpy as np
 
 from ..kernels import conv as K
+from ..kernels import winograd as WG
 from .base import ActivatedLayer, check_int_tuple, check_padding
 
 # The column matrix of one chunk of the batch is kept near this size, so that it stays in cache
 # between im2col and the product and memory stays bounded whatever the batch size.
 COLUMN_CHUNK_BYTES = 8 * 2**20
+# The same for the Winograd path: transformed inputs and products of one chunk (V and M together).
+WINOGRAD_CHUNK_BYTES = 16 * 2**20
+# 3x3 stride-1 convolutions with at least this many input channels use Winograd F(2x2, 3x3). With
+# fewer channels its 16 matrix products are too thin for BLAS to run well (the first layer of an
+# RGB network, C = 3, stays on im2col).
+WINOGRAD_MIN_CHANNELS = 16
 
 
 class Conv2D(ActivatedLayer):
@@ -39,6 +46,13 @@ class Conv2D(ActivatedLayer):
     receptive field), ``y = cols @ kernel.reshape(-1, F)``; the result is already NHWC. Backward:
     ``dW = cols.T @ dz``, ``dcols = dz @ W.T``, ``dx = col2im(dcols)``. The columns are rebuilt in
     the backward pass instead of being stored, trading a cheap copy for a lot of memory.
+
+    3x3 kernels with stride 1 and at least ``WINOGRAD_MIN_CHANNELS`` (16) input channels use
+    Winograd's F(2x2, 3x3) instead (``kernels/winograd.py``): 16 smaller products replace the one
+    large product and do the same work with 2.25x fewer multiplications (measured on the reference
+    model: the step went from ~365 to ~305 ms). The result equals im2col's up to rounding (float32:
+    ~1e-6 relative). ``layer.algorithm`` tells which path a built layer takes; setting it to
+    ``'im2col'`` after ``build`` switches a Winograd layer back, e.g. to compare the two.
     ``dilation_rate`` and ``groups`` are not supported.
     """
 
@@ -78,6 +92,8 @@ class Conv2D(ActivatedLayer):
             self.add_weight("bias", (self.filters,), self.bias_initializer)
         # 1x1 kernels with stride 1 need no im2col: the input *is* the column matrix.
         self._pointwise = (kh, kw) == (1, 1) and self.strides == (1, 1)
+        winograd = (kh, kw) == (3, 3) and self.strides == (1, 1) and c >= WINOGRAD_MIN_CHANNELS
+        self.algorithm = "winograd" if winograd else "im2col"
 
     def _chunk_images(self, n):
         oh, ow, _ = self.output_shape
@@ -101,6 +117,11 @@ class Conv2D(ActivatedLayer):
         w2d = self.params["kernel"].reshape(-1, f)
         y = self._buffer("y", (n, oh, ow, f))
         y2d = y.reshape(-1, f)
+        self._x = x
+        if self.algorithm == "winograd":
+            self._winograd_forward(x, y)
+            self._y2d = self._activate(y2d)
+            return self._y2d.reshape(n, oh, ow, f)
         step = self._chunk_images(n)
         buf = None if self._pointwise else self._buffer("cols", (step * pix, w2d.shape[0]))
         for n0 in range(0, n, step):
@@ -108,11 +129,12 @@ class Conv2D(ActivatedLayer):
             cols = self._columns(x[n0:n1], buf)
             np.matmul(cols, w2d, out=y2d[n0 * pix:n1 * pix])
         out2d = self._activate(y2d)
-        self._x = x
         self._y2d = out2d
         return out2d.reshape(n, oh, ow, f)
 
     def _linear_backward(self, dz2d):
+        if self.algorithm == "winograd":
+            return self._winograd_backward(dz2d)
         x = self._x
         n = x.shape[0]
         oh, ow, f = self.output_shape
@@ -140,6 +162,65 @@ class Conv2D(ActivatedLayer):
                 np.matmul(dz, w2d.T, out=dcols)
                 K.col2im(dcols, kh, kw, self.strides[0], self.strides[1], self._pad_h, self._pad_w,
                          oh, ow, dx[n0:n1])
+        self._x = None
+        return dx
+
+    # --- Winograd F(2x2, 3x3) for 3x3 stride-1 kernels (see kernels/winograd.py) -------------------
+
+    def _winograd_setup(self, n):
+        """Tile grid, chunk size and the (reused) buffers of the Winograd path.
+
+        V and M hold the 16 transformed planes of a chunk. Each plane gets one spare row, so that
+        consecutive planes do not start at addresses 4 KiB apart: the transforms touch all 16
+        planes at once, and equal low address bits would make those 16 streams evict each other
+        from the same cache sets (measured: the input transform ran 2-3x slower without it).
+        """
+        oh, ow, f = self.output_shape
+        c = self.input_shape[2]
+        th, tw = WG.tile_grid(oh, ow)
+        per_image = 16 * th * tw * (c + f) * self.dtype.itemsize
+        step = int(max(1, min(n, WINOGRAD_CHUNK_BYTES // per_image)))
+        rows = step * th * tw
+        v = self._buffer("wino_v", (16, rows + 1, c))
+        m = self._buffer("wino_m", (16, rows + 1, f))
+        u = self._buffer("wino_u", (16, c, f))
+        WG.kernel_transform(self.params["kernel"], u)
+        return th, tw, step, u, v, m
+
+    def _winograd_forward(self, x, y):
+        """``y = conv(x)`` without bias/activation: per chunk, V = B^T d B, M = V @ U, y = A^T M A."""
+        n = x.shape[0]
+        th, tw, step, u, v, m = self._winograd_setup(n)
+        for n0 in range(0, n, step):
+            n1 = min(n, n0 + step)
+            rows = (n1 - n0) * th * tw
+            WG.input_transform(x[n0:n1], self._pad_h, self._pad_w, th, tw, v)
+            np.matmul(v[:, :rows], u, out=m[:, :rows])
+            WG.output_transform(m, th, tw, y[n0:n1])
+
+    def _winograd_backward(self, dz2d):
+        """dM = A dZ A^T; dU = V^T @ dM (-> dW = G^T dU G); dV = dM @ U^T (-> dx = B dV B^T)."""
+        x = self._x
+        n = x.shape[0]
+        oh, ow, f = self.output_shape
+        dz = dz2d.reshape(n, oh, ow, f)
+        th, tw, step, u, v, m = self._winograd_setup(n)
+        du = self._buffer("wino_du", u.shape)
+        part = self._buffer("wino_du_part", u.shape)
+        dx = self._buffer("dx", x.shape) if self.input_grad_needed else None
+        for n0 in range(0, n, step):
+            n1 = min(n, n0 + step)
+            rows = (n1 - n0) * th * tw
+            WG.output_transform_backward(dz[n0:n1], th, tw, m)
+            WG.input_transform(x[n0:n1], self._pad_h, self._pad_w, th, tw, v)
+            np.matmul(v[:, :rows].transpose(0, 2, 1), m[:, :rows], out=du if n0 == 0 else part)
+            if n0 > 0:
+                du += part
+            if dx is not None:
+                # V is no longer needed: its memory takes dV
+                np.matmul(m[:, :rows], u.transpose(0, 2, 1), out=v[:, :rows])
+                WG.input_transform_backward(v, self._pad_h, self._pad_w, th, tw, dx[n0:n1])
+        WG.kernel_transform_backward(du, self.grads["kernel"])
         self._x = None
         return dx
 

@@ -1,0 +1,371 @@
+"""3x3 convolution with Winograd's minimal filtering F(2x2, 3x3): 2.25x fewer multiplications.
+
+A 3x3 stride-1 convolution computes each 2x2 block of outputs from a 4x4 block ("tile") of inputs.
+Done directly that costs 2*2*9 = 36 multiplications per channel pair; Winograd's algorithm
+(Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016) needs 16:
+
+    y_tile (2x2) = A^T [ (G g G^T)  *  (B^T d B) ] A          (* = element-wise)
+
+with d the 4x4 input tile, g the 3x3 kernel and the small constant matrices
+
+          [1  0 -1  0]           [1    0    0 ]
+    B^T = [0  1  1  0]      G =  [1/2  1/2  1/2]      A^T = [1  1  1  0]
+          [0 -1  1  0]           [1/2 -1/2  1/2]            [0  1 -1 -1]
+          [0  1  0 -1]           [0    0    1 ]
+
+Summed over input channels, the element-wise product becomes 16 independent matrix products, one per
+position (xi, nu) of the 4x4 transformed tile:
+
+    V[k] = B^T d B   for every tile and input channel     (16, tiles, C)   "input transform"
+    U[k] = G g G^T   for every channel pair               (16, C, F)       "kernel transform"
+    M[k] = V[k] @ U[k]                                    (16, tiles, F)   16 BLAS products
+    y    = A^T M A   for every tile and filter                             "output transform"
+
+The layout puts the tile index in the rows and channels in the columns, so each product is an
+ordinary row-major GEMM and every transform reads and writes whole channel rows.
+
+Backward is the exact adjoint of each step (so the gradient is the gradient of this algorithm, which
+equals the convolution's up to rounding):
+
+    dM[k] = A dY A^T            (output transform, transposed)
+    dU[k] = V[k]^T @ dM[k]   ->  dW = G^T dU G
+    dV[k] = dM[k] @ U[k]^T   ->  dx = B dV B^T, summed where neighbouring tiles overlap
+
+Tiles step by 2 and are 4 wide, so input tiles overlap by 2 pixels; outputs do not overlap. Pixels
+of a tile outside the image are the zero padding ('same') or simply unused ('valid', odd sizes).
+"""
+import numpy as np
+from numba import njit, prange
+
+
+def tile_grid(out_h, out_w):
+    """Number of 2x2 output tiles along each axis: ``(ceil(OH/2), ceil(OW/2))``."""
+    return (out_h + 1) // 2, (out_w + 1) // 2
+
+
+@njit(parallel=True, cache=True)
+def kernel_transform(w, u):
+    """``U = G g G^T`` for every (input channel, filter) pair.
+
+    w : ndarray (3, 3, C, F) (Keras layout); u : ndarray (16, C, F), written.
+    """
+    _, _, c, f = w.shape
+    for ch in prange(c):
+        for k in range(f):
+            # rows: G g  (4 x 3)
+            t = np.empty((4, 3), dtype=w.dtype)
+            for b in range(3):
+                g0 = w[0, b, ch, k]
+                g1 = w[1, b, ch, k]
+                g2 = w[2, b, ch, k]
+                t[0, b] = g0
+                t[1, b] = 0.5 * (g0 + g1 + g2)
+                t[2, b] = 0.5 * (g0 - g1 + g2)
+                t[3, b] = g2
+            # columns: (G g) G^T  (4 x 4)
+            for xi in range(4):
+                g0 = t[xi, 0]
+                g1 = t[xi, 1]
+                g2 = t[xi, 2]
+                u[xi * 4 + 0, ch, k] = g0
+                u[xi * 4 + 1, ch, k] = 0.5 * (g0 + g1 + g2)
+                u[xi * 4 + 2, ch, k] = 0.5 * (g0 - g1 + g2)
+                u[xi * 4 + 3, ch, k] = g2
+
+
+@njit(parallel=True, cache=True)
+def kernel_transform_backward(du, dw):
+    """Adjoint of :func:`kernel_transform`: ``dW = G^T dU G``.
+
+    du : ndarray (16, C, F); dw : ndarray (3, 3, C, F), written.
+    """
+    _, c, f = du.shape
+    for ch in prange(c):
+        for k in range(f):
+            t = np.empty((4, 3), dtype=dw.dtype)
+            for xi in range(4):
+                d0 = du[xi * 4 + 0, ch, k]
+                d1 = du[xi * 4 + 1, ch, k]
+                d2 = du[xi * 4 + 2, ch, k]
+                d3 = du[xi * 4 + 3, ch, k]
+                t[xi, 0] = d0 + 0.5 * (d1 + d2)
+                t[xi, 1] = 0.5 * (d1 - d2)
+                t[xi, 2] = 0.5 * (d1 + d2) + d3
+            for b in range(3):
+                d0 = t[0, b]
+                d1 = t[1, b]
+                d2 = t[2, b]
+                d3 = t[3, b]
+                dw[0, b, ch, k] = d0 + 0.5 * (d1 + d2)
+                dw[1, b, ch, k] = 0.5 * (d1 - d2)
+                dw[2, b, ch, k] = 0.5 * (d1 + d2) + d3
+
+
+@njit(inline="always")
+def _input_tile_row(src, h0, w0, pa, pb, sign, v, k0, row):
+    """One row ``xi`` of ``V = B^T d B`` for the 4x4 tile of ``src`` (H, W, C) at ``(h0, w0)``.
+
+    Row ``xi`` of ``B^T d`` is ``d[pa] + sign * d[pb]`` (see ``B^T``); multiplying it by ``B`` gives
+    ``V[xi, 0..3]``, written to ``v[k0 .. k0+3, row]``. One row at a time keeps the loop over channels
+    small enough (8 loads, 4 stores) for LLVM to vectorise it; the whole 4x4 tile in one loop is not.
+    """
+    for ch in range(src.shape[2]):
+        r0 = src[h0 + pa, w0, ch] + sign * src[h0 + pb, w0, ch]
+        r1 = src[h0 + pa, w0 + 1, ch] + sign * src[h0 + pb, w0 + 1, ch]
+        r2 = src[h0 + pa, w0 + 2, ch] + sign * src[h0 + pb, w0 + 2, ch]
+        r3 = src[h0 + pa, w0 + 3, ch] + sign * src[h0 + pb, w0 + 3, ch]
+        v[k0, row, ch] = r0 - r2
+        v[k0 + 1, row, ch] = r1 + r2
+        v[k0 + 2, row, ch] = r2 - r1
+        v[k0 + 3, row, ch] = r1 - r3
+
+
+@njit(inline="always")
+def _input_tile(src, h0, w0, v, row):
+    """``B^T d B`` of the 4x4 tile of ``src`` (H, W, C) at ``(h0, w0)``, all channels, into ``v[:, row]``.
+
+    The rows of ``B^T`` are (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1).
+    """
+    plus = np.float32(1)  # float32, so that float32 data are not promoted to float64
+    minus = np.float32(-1)
+    _input_tile_row(src, h0, w0, 0, 2, minus, v, 0, row)
+    _input_tile_row(src, h0, w0, 1, 2, plus, v, 4, row)
+    _input_tile_row(src, h0, w0, 2, 1, minus, v, 8, row)
+    _input_tile_row(src, h0, w0, 1, 3, minus, v, 12, row)
+
+
+@njit(parallel=True, cache=True)
+def input_transform(x, ph, pw, th, tw, v):
+    """``V = B^T d B`` for every input tile ``d`` and channel.
+
+    Parameters
+    ----------
+    x : ndarray (N, H, W, C)
+    ph, pw : int
+        Leading zero padding; tile (ti, tj) starts at input pixel ``(2*ti - ph, 2*tj - pw)``.
+    th, tw : int
+        Tiles per image along each axis (:func:`tile_grid`).
+    v : ndarray (16, N*th*tw, C), written; row ``(n*th + ti)*tw + tj``.
+
+    Tiles inside the image are read in place; tiles that reach into the padding are first copied
+    into a zero-filled 4x4 patch.
+    """
+    n_img, h, w, c = x.shape
+    for t in prange(n_img * th):
+        n = t // th
+        ti = t % th
+        h0 = 2 * ti - ph
+        patch = np.empty((4, 4, c), dtype=x.dtype)
+        for tj in range(tw):
+            w0 = 2 * tj - pw
+            row = t * tw + tj
+            if h0 >= 0 and h0 + 4 <= h and w0 >= 0 and w0 + 4 <= w:
+                _input_tile(x[n], h0, w0, v, row)
+                continue
+            for p in range(4):
+                for q in range(4):
+                    hi = h0 + p
+                    wi = w0 + q
+                    inside = hi >= 0 and hi < h and wi >= 0 and wi < w
+                    for ch in range(c):
+                        patch[p, q, ch] = x[n, hi, wi, ch] if inside else 0
+            _input_tile(patch, 0, 0, v, row)
+
+
+@njit(inline="always")
+def _input_tile_backward(dv, row, dst, h0, w0):
+    """Adjoint of :func:`_input_tile`: adds ``dd = B dV B^T`` (all channels) to the 4x4 tile of
+    ``dst`` (H, W, C) at ``(h0, w0)``.
+
+    Row p of ``B dV`` combines the rows xi of ``dV`` with column p of ``B^T``: p=0: +dV0;
+    p=1: dV1 - dV2 + dV3; p=2: -dV0 + dV1 + dV2; p=3: -dV3. Each such row ``w`` then becomes the
+    four pixels ``w B^T`` = (w0, w1 - w2 + w3, -w0 + w1 + w2, -w3). One loop per tile row keeps
+    each loop small enough to vectorise.
+    """
+    c = dst.shape[2]
+    for ch in range(c):  # p = 0
+        w0_ = dv[0, row, ch]
+        w1 = dv[1, row, ch]
+        w2 = dv[2, row, ch]
+        w3 = dv[3, row, ch]
+        dst[h0, w0, ch] += w0_
+        dst[h0, w0 + 1, ch] += w1 - w2 + w3
+        dst[h0, w0 + 2, ch] += w1 + w2 - w0_
+        dst[h0, w0 + 3, ch] -= w3
+    for ch in range(c):  # p = 1
+        w0_ = dv[4, row, ch] - dv[8, row, ch] + dv[12, row, ch]
+        w1 = dv[5, row, ch] - dv[9, row, ch] + dv[13, row, ch]
+        w2 = dv[6, row, ch] - dv[10, row, ch] + dv[14, row, ch]
+        w3 = dv[7, row, ch] - dv[11, row, ch] + dv[15, row, ch]
+        dst[h0 + 1, w0, ch] += w0_
+        dst[h0 + 1, w0 + 1, ch] += w1 - w2 + w3
+        dst[h0 + 1, w0 + 2, ch] += w1 + w2 - w0_
+        dst[h0 + 1, w0 + 3, ch] -= w3
+    for ch in range(c):  # p = 2
+        w0_ = dv[4, row, ch] + dv[8, row, ch] - dv[0, row, ch]
+        w1 = dv[5, row, ch] + dv[9, row, ch] - dv[1, row, ch]
+        w2 = dv[6, row, ch] + dv[10, row, ch] - dv[2, row, ch]
+        w3 = dv[7, row, ch] + dv[11, row, ch] - dv[3, row, ch]
+        dst[h0 + 2, w0, ch] += w0_
+        dst[h0 + 2, w0 + 1, ch] += w1 - w2 + w3
+        dst[h0 + 2, w0 + 2, ch] += w1 + w2 - w0_
+        dst[h0 + 2, w0 + 3, ch] -= w3
+    for ch in range(c):  # p = 3
+        w0_ = dv[12, row, ch]
+        w1 = dv[13, row, ch]
+        w2 = dv[14, row, ch]
+        w3 = dv[15, row, ch]
+        dst[h0 + 3, w0, ch] -= w0_
+        dst[h0 + 3, w0 + 1, ch] -= w1 - w2 + w3
+        dst[h0 + 3, w0 + 2, ch] -= w1 + w2 - w0_
+        dst[h0 + 3, w0 + 3, ch] += w3
+
+
+@njit(parallel=True, cache=True)
+def input_transform_backward(dv, ph, pw, th, tw, dx):
+    """Adjoint of :func:`input_transform`: ``dd = B dV B^T`` per tile, summed into ``dx``.
+
+    Neighbouring tiles overlap by two rows/columns. Tile rows of one parity never overlap each other,
+    so the even rows run in parallel, then the odd rows; along a row the tiles run in order. Every
+    pixel therefore sums its contributions in the same order whatever the thread count. Tiles that
+    reach into the padding are added to a zeroed 4x4 patch first, and only its inside part is kept.
+
+    dv : ndarray (16, N*th*tw, C); dx : ndarray (N, H, W, C), overwritten.
+    """
+    n_img, h, w, c = dx.shape
+    for t in prange(n_img * h):
+        n = t // h
+        hi = t % h
+        for wi in range(w):
+            for ch in range(c):
+                dx[n, hi, wi, ch] = 0
+    half = (th + 1) // 2
+    for parity in range(2):
+        for s in prange(n_img * half):
+            n = s // half
+            ti = 2 * (s % half) + parity
+            if ti >= th:
+                continue
+            h0 = 2 * ti - ph
+            patch = np.empty((4, 4, c), dtype=dx.dtype)
+            for tj in range(tw):
+                w0 = 2 * tj - pw
+                row = (n * th + ti) * tw + tj
+                if h0 >= 0 and h0 + 4 <= h and w0 >= 0 and w0 + 4 <= w:
+                    _input_tile_backward(dv, row, dx[n], h0, w0)
+                    continue
+                patch[...] = 0
+                _input_tile_backward(dv, row, patch, 0, 0)
+                for p in range(max(0, -h0), min(4, h - h0)):
+                    for q in range(max(0, -w0), min(4, w - w0)):
+                        for ch in range(c):
+                            dx[n, h0 + p, w0 + q, ch] += patch[p, q, ch]
+
+
+@njit(inline="always")
+def _output_tile(m, row, dst, oi, oj):
+    """``A^T M A`` of one tile, all filters, into the 2x2 block of ``dst`` (OH, OW, F) at ``(oi, oj)``.
+
+    Row 0 of ``A^T M`` is M0 + M1 + M2, row 1 is M1 - M2 - M3 (M_xi = row xi of the 4x4 tile);
+    each row ``s`` then gives the two outputs ``(s0 + s1 + s2, s1 - s2 - s3)``.
+    """
+    f = dst.shape[2]
+    for k in range(f):
+        s0 = m[0, row, k] + m[4, row, k] + m[8, row, k]
+        s1 = m[1, row, k] + m[5, row, k] + m[9, row, k]
+        s2 = m[2, row, k] + m[6, row, k] + m[10, row, k]
+        s3 = m[3, row, k] + m[7, row, k] + m[11, row, k]
+        dst[oi, oj, k] = s0 + s1 + s2
+        dst[oi, oj + 1, k] = s1 - s2 - s3
+    for k in range(f):
+        s0 = m[4, row, k] - m[8, row, k] - m[12, row, k]
+        s1 = m[5, row, k] - m[9, row, k] - m[13, row, k]
+        s2 = m[6, row, k] - m[10, row, k] - m[14, row, k]
+        s3 = m[7, row, k] - m[11, row, k] - m[15, row, k]
+        dst[oi + 1, oj, k] = s0 + s1 + s2
+        dst[oi + 1, oj + 1, k] = s1 - s2 - s3
+
+
+@njit(parallel=True, cache=True)
+def output_transform(m, th, tw, y):
+    """``y = A^T M A`` for every tile and filter; outputs past an odd edge are dropped.
+
+    m : ndarray (16, N*th*tw, F); y : ndarray (N, OH, OW, F), written.
+    """
+    n_img, oh, ow, f = y.shape
+    for t in prange(n_img * th):
+        n = t // th
+        oi = 2 * (t % th)
+        patch = np.empty((2, 2, f), dtype=y.dtype)
+        for tj in range(tw):
+            oj = 2 * tj
+            row = t * tw + tj
+            if oi + 2 <= oh and oj + 2 <= ow:
+                _output_tile(m, row, y[n], oi, oj)
+                continue
+            _output_tile(m, row, patch, 0, 0)
+            for i in range(min(2, oh - oi)):
+                for j in range(min(2, ow - oj)):
+                    for k in range(f):
+                        y[n, oi + i, oj + j, k] = patch[i, j, k]
+
+
+@njit(inline="always")
+def _output_tile_backward(src, oi, oj, dm, row):
+    """Adjoint of :func:`_output_tile`: ``dM = A dY A^T`` from the 2x2 block of ``src`` at ``(oi, oj)``.
+
+    Each output row ``g`` of dY gives ``e = g A^T = (g0, g0 + g1, g0 - g1, -g1)``; the rows of
+    ``dM`` are then e_0, e_0 + e_1, e_0 - e_1 and -e_1.
+    """
+    f = src.shape[2]
+    for k in range(f):  # rows xi = 0, 1 of dM
+        g0 = src[oi, oj, k]
+        g1 = src[oi, oj + 1, k]
+        h0 = src[oi + 1, oj, k]
+        h1 = src[oi + 1, oj + 1, k]
+        dm[0, row, k] = g0
+        dm[1, row, k] = g0 + g1
+        dm[2, row, k] = g0 - g1
+        dm[3, row, k] = -g1
+        dm[4, row, k] = g0 + h0
+        dm[5, row, k] = (g0 + g1) + (h0 + h1)
+        dm[6, row, k] = (g0 - g1) + (h0 - h1)
+        dm[7, row, k] = -g1 - h1
+    for k in range(f):  # rows xi = 2, 3
+        g0 = src[oi, oj, k]
+        g1 = src[oi, oj + 1, k]
+        h0 = src[oi + 1, oj, k]
+        h1 = src[oi + 1, oj + 1, k]
+        dm[8, row, k] = g0 - h0
+        dm[9, row, k] = (g0 + g1) - (h0 + h1)
+        dm[10, row, k] = (g0 - g1) - (h0 - h1)
+        dm[11, row, k] = h1 - g1
+        dm[12, row, k] = -h0
+        dm[13, row, k] = -(h0 + h1)
+        dm[14, row, k] = h1 - h0
+        dm[15, row, k] = h1
+
+
+@njit(parallel=True, cache=True)
+def output_transform_backward(dy, th, tw, dm):
+    """Adjoint of :func:`output_transform`: ``dM = A dY A^T`` per tile (dY zero past an odd edge).
+
+    dy : ndarray (N, OH, OW, F); dm : ndarray (16, N*th*tw, F), written.
+    """
+    n_img, oh, ow, f = dy.shape
+    for t in prange(n_img * th):
+        n = t // th
+        oi = 2 * (t % th)
+        patch = np.empty((2, 2, f), dtype=dy.dtype)
+        for tj in range(tw):
+            oj = 2 * tj
+            row = t * tw + tj
+            if oi + 2 <= oh and oj + 2 <= ow:
+                _output_tile_backward(dy[n], oi, oj, dm, row)
+                continue
+            patch[...] = 0
+            for i in range(min(2, oh - oi)):
+                for j in range(min(2, ow - oj)):
+                    for k in range(f):
+                        patch[i, j, k] = dy[n, oi + i, oj + j, k]
+            _output_tile_backward(patch, 0, 0, dm, row)
