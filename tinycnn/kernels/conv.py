@@ -46,6 +46,38 @@ def conv_output_length(size, kernel, stride, padding):
     return out, total // 2
 
 
+@njit(inline="always")
+def _im2col_row(x, kh, kw, sh, sw, ph, pw, oh, ow, cols, t):
+    """:func:`im2col` for output row ``t % oh`` of image ``t // oh``.
+
+    With 16+ channels each pixel's channels are copied as one slice: a tight vectorised copy,
+    measured 2-3.5x faster than the per-channel loop for 32-128 channels (and slower for a handful).
+    """
+    _, h, w, c = x.shape
+    n = t // oh
+    i = t % oh
+    for j in range(ow):
+        row = t * ow + j
+        col = 0
+        for a in range(kh):
+            hi = i * sh - ph + a
+            for b in range(kw):
+                wi = j * sw - pw + b
+                inside = hi >= 0 and hi < h and wi >= 0 and wi < w
+                if c >= 16:
+                    if inside:
+                        cols[row, col:col + c] = x[n, hi, wi, :]
+                    else:
+                        cols[row, col:col + c] = 0
+                elif inside:
+                    for ch in range(c):
+                        cols[row, col + ch] = x[n, hi, wi, ch]
+                else:
+                    for ch in range(c):
+                        cols[row, col + ch] = 0
+                col += c
+
+
 @njit(parallel=True, cache=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
     """Copy every receptive field of ``x`` into one row of ``cols``.
@@ -59,49 +91,44 @@ def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
         Output height and width.
     cols : ndarray (N*OH*OW, KH*KW*C), written.
     """
-    n_img, h, w, c = x.shape
-    if c >= 16:
-        _im2col_by_pixel(x, kh, kw, sh, sw, ph, pw, oh, ow, cols)
-        return
-    for t in prange(n_img * oh):
-        n = t // oh
-        i = t % oh
-        for j in range(ow):
-            row = t * ow + j
-            col = 0
-            for a in range(kh):
-                hi = i * sh - ph + a
-                for b in range(kw):
-                    wi = j * sw - pw + b
-                    if hi >= 0 and hi < h and wi >= 0 and wi < w:
-                        for ch in range(c):
-                            cols[row, col + ch] = x[n, hi, wi, ch]
-                    else:
-                        for ch in range(c):
-                            cols[row, col + ch] = 0
-                    col += c
+    for t in prange(x.shape[0] * oh):
+        _im2col_row(x, kh, kw, sh, sw, ph, pw, oh, ow, cols, t)
 
 
-@njit(parallel=True, cache=True)
-def _im2col_by_pixel(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
-    """:func:`im2col` copying each pixel's channels as one slice: a tight vectorised copy, measured
-    2-3.5x faster than the per-channel loop for 32-128 channels (and slower for a handful)."""
-    n_img, h, w, c = x.shape
-    for t in prange(n_img * oh):
-        n = t // oh
-        i = t % oh
-        for j in range(ow):
-            row = t * ow + j
-            col = 0
-            for a in range(kh):
-                hi = i * sh - ph + a
-                for b in range(kw):
-                    wi = j * sw - pw + b
-                    if hi >= 0 and hi < h and wi >= 0 and wi < w:
-                        cols[row, col:col + c] = x[n, hi, wi, :]
-                    else:
-                        cols[row, col:col + c] = 0
-                    col += c
+@njit(nogil=True, cache=True)
+def im2col_serial(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
+    """:func:`im2col` in the calling thread, without holding the GIL."""
+    for t in range(x.shape[0] * oh):
+        _im2col_row(x, kh, kw, sh, sw, ph, pw, oh, ow, cols, t)
+
+
+@njit(inline="always")
+def _col2im_row(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx, t):
+    """:func:`col2im` for input row ``t % H`` of image ``t // H``."""
+    _, h, w, c = dx.shape
+    n = t // h
+    hi = t % h
+    for wi in range(w):
+        for ch in range(c):
+            dx[n, hi, wi, ch] = 0
+        for a in range(kh):
+            num_h = hi + ph - a
+            if num_h < 0 or num_h % sh != 0:
+                continue
+            i = num_h // sh
+            if i >= oh:
+                continue
+            for b in range(kw):
+                num_w = wi + pw - b
+                if num_w < 0 or num_w % sw != 0:
+                    continue
+                j = num_w // sw
+                if j >= ow:
+                    continue
+                row = (n * oh + i) * ow + j
+                col = (a * kw + b) * c
+                for ch in range(c):
+                    dx[n, hi, wi, ch] += dcols[row, col + ch]
 
 
 @njit(parallel=True, cache=True)
@@ -116,31 +143,15 @@ def col2im(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx):
     dcols : ndarray (N*OH*OW, KH*KW*C)
     dx : ndarray (N, H, W, C), overwritten.
     """
-    n_img, h, w, c = dx.shape
-    for t in prange(n_img * h):
-        n = t // h
-        hi = t % h
-        for wi in range(w):
-            for ch in range(c):
-                dx[n, hi, wi, ch] = 0
-            for a in range(kh):
-                num_h = hi + ph - a
-                if num_h < 0 or num_h % sh != 0:
-                    continue
-                i = num_h // sh
-                if i >= oh:
-                    continue
-                for b in range(kw):
-                    num_w = wi + pw - b
-                    if num_w < 0 or num_w % sw != 0:
-                        continue
-                    j = num_w // sw
-                    if j >= ow:
-                        continue
-                    row = (n * oh + i) * ow + j
-                    col = (a * kw + b) * c
-                    for ch in range(c):
-                        dx[n, hi, wi, ch] += dcols[row, col + ch]
+    for t in prange(dx.shape[0] * dx.shape[1]):
+        _col2im_row(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx, t)
+
+
+@njit(nogil=True, cache=True)
+def col2im_serial(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx):
+    """:func:`col2im` in the calling thread, without holding the GIL."""
+    for t in range(dx.shape[0] * dx.shape[1]):
+        _col2im_row(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx, t)
 
 
 @njit(parallel=True, cache=True)

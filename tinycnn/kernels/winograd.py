@@ -134,6 +134,32 @@ def _input_tile(src, h0, w0, v, row):
     _input_tile_row(src, h0, w0, 1, 3, minus, v, 12, row)
 
 
+@njit(inline="always")
+def _input_transform_row(x, ph, pw, th, tw, v, t, patch):
+    """Input transform of tile row ``t`` (image ``t // th``, tile row ``t % th``).
+
+    Tiles inside the image are read in place; tiles that reach into the padding are first copied
+    into the zero-filled 4x4 ``patch`` (4, 4, C).
+    """
+    _, h, w, c = x.shape
+    n = t // th
+    h0 = 2 * (t % th) - ph
+    for tj in range(tw):
+        w0 = 2 * tj - pw
+        row = t * tw + tj
+        if h0 >= 0 and h0 + 4 <= h and w0 >= 0 and w0 + 4 <= w:
+            _input_tile(x[n], h0, w0, v, row)
+            continue
+        for p in range(4):
+            for q in range(4):
+                hi = h0 + p
+                wi = w0 + q
+                inside = hi >= 0 and hi < h and wi >= 0 and wi < w
+                for ch in range(c):
+                    patch[p, q, ch] = x[n, hi, wi, ch] if inside else 0
+        _input_tile(patch, 0, 0, v, row)
+
+
 @njit(parallel=True, cache=True)
 def input_transform(x, ph, pw, th, tw, v):
     """``V = B^T d B`` for every input tile ``d`` and channel.
@@ -145,31 +171,18 @@ def input_transform(x, ph, pw, th, tw, v):
         Leading zero padding; tile (ti, tj) starts at input pixel ``(2*ti - ph, 2*tj - pw)``.
     th, tw : int
         Tiles per image along each axis (:func:`tile_grid`).
-    v : ndarray (16, N*th*tw, C), written; row ``(n*th + ti)*tw + tj``.
-
-    Tiles inside the image are read in place; tiles that reach into the padding are first copied
-    into a zero-filled 4x4 patch.
+    v : ndarray (16, R, C) with R >= N*th*tw, written; row ``(n*th + ti)*tw + tj``.
     """
-    n_img, h, w, c = x.shape
-    for t in prange(n_img * th):
-        n = t // th
-        ti = t % th
-        h0 = 2 * ti - ph
-        patch = np.empty((4, 4, c), dtype=x.dtype)
-        for tj in range(tw):
-            w0 = 2 * tj - pw
-            row = t * tw + tj
-            if h0 >= 0 and h0 + 4 <= h and w0 >= 0 and w0 + 4 <= w:
-                _input_tile(x[n], h0, w0, v, row)
-                continue
-            for p in range(4):
-                for q in range(4):
-                    hi = h0 + p
-                    wi = w0 + q
-                    inside = hi >= 0 and hi < h and wi >= 0 and wi < w
-                    for ch in range(c):
-                        patch[p, q, ch] = x[n, hi, wi, ch] if inside else 0
-            _input_tile(patch, 0, 0, v, row)
+    for t in prange(x.shape[0] * th):
+        _input_transform_row(x, ph, pw, th, tw, v, t, np.empty((4, 4, x.shape[3]), dtype=x.dtype))
+
+
+@njit(nogil=True, cache=True)
+def input_transform_serial(x, ph, pw, th, tw, v):
+    """:func:`input_transform` in the calling thread, without holding the GIL."""
+    patch = np.empty((4, 4, x.shape[3]), dtype=x.dtype)
+    for t in range(x.shape[0] * th):
+        _input_transform_row(x, ph, pw, th, tw, v, t, patch)
 
 
 @njit(inline="always")
@@ -221,6 +234,30 @@ def _input_tile_backward(dv, row, dst, h0, w0):
         dst[h0 + 3, w0 + 3, ch] += w3
 
 
+@njit(inline="always")
+def _input_transform_backward_row(dv, ph, pw, th, tw, dx, s, parity, patch):
+    """Input-transform adjoint of the ``s``-th tile row of the given ``parity`` (0: even rows)."""
+    _, h, w, c = dx.shape
+    half = (th + 1) // 2
+    n = s // half
+    ti = 2 * (s % half) + parity
+    if ti >= th:
+        return
+    h0 = 2 * ti - ph
+    for tj in range(tw):
+        w0 = 2 * tj - pw
+        row = (n * th + ti) * tw + tj
+        if h0 >= 0 and h0 + 4 <= h and w0 >= 0 and w0 + 4 <= w:
+            _input_tile_backward(dv, row, dx[n], h0, w0)
+            continue
+        patch[...] = 0
+        _input_tile_backward(dv, row, patch, 0, 0)
+        for p in range(max(0, -h0), min(4, h - h0)):
+            for q in range(max(0, -w0), min(4, w - w0)):
+                for ch in range(c):
+                    dx[n, h0 + p, w0 + q, ch] += patch[p, q, ch]
+
+
 @njit(parallel=True, cache=True)
 def input_transform_backward(dv, ph, pw, th, tw, dx):
     """Adjoint of :func:`input_transform`: ``dd = B dV B^T`` per tile, summed into ``dx``.
@@ -230,36 +267,28 @@ def input_transform_backward(dv, ph, pw, th, tw, dx):
     pixel therefore sums its contributions in the same order whatever the thread count. Tiles that
     reach into the padding are added to a zeroed 4x4 patch first, and only its inside part is kept.
 
-    dv : ndarray (16, N*th*tw, C); dx : ndarray (N, H, W, C), overwritten.
+    dv : ndarray (16, R, C) with R >= N*th*tw; dx : ndarray (N, H, W, C), overwritten.
     """
     n_img, h, w, c = dx.shape
     for t in prange(n_img * h):
-        n = t // h
-        hi = t % h
-        for wi in range(w):
-            for ch in range(c):
-                dx[n, hi, wi, ch] = 0
+        dx[t // h, t % h, :, :] = 0
     half = (th + 1) // 2
     for parity in range(2):
         for s in prange(n_img * half):
-            n = s // half
-            ti = 2 * (s % half) + parity
-            if ti >= th:
-                continue
-            h0 = 2 * ti - ph
-            patch = np.empty((4, 4, c), dtype=dx.dtype)
-            for tj in range(tw):
-                w0 = 2 * tj - pw
-                row = (n * th + ti) * tw + tj
-                if h0 >= 0 and h0 + 4 <= h and w0 >= 0 and w0 + 4 <= w:
-                    _input_tile_backward(dv, row, dx[n], h0, w0)
-                    continue
-                patch[...] = 0
-                _input_tile_backward(dv, row, patch, 0, 0)
-                for p in range(max(0, -h0), min(4, h - h0)):
-                    for q in range(max(0, -w0), min(4, w - w0)):
-                        for ch in range(c):
-                            dx[n, h0 + p, w0 + q, ch] += patch[p, q, ch]
+            _input_transform_backward_row(dv, ph, pw, th, tw, dx, s, parity,
+                                          np.empty((4, 4, c), dtype=dx.dtype))
+
+
+@njit(nogil=True, cache=True)
+def input_transform_backward_serial(dv, ph, pw, th, tw, dx):
+    """:func:`input_transform_backward` in the calling thread (same summation order)."""
+    n_img, h, w, c = dx.shape
+    dx[...] = 0
+    patch = np.empty((4, 4, c), dtype=dx.dtype)
+    half = (th + 1) // 2
+    for parity in range(2):
+        for s in range(n_img * half):
+            _input_transform_backward_row(dv, ph, pw, th, tw, dx, s, parity, patch)
 
 
 @njit(inline="always")
@@ -286,28 +315,41 @@ def _output_tile(m, row, dst, oi, oj):
         dst[oi + 1, oj + 1, k] = s1 - s2 - s3
 
 
+@njit(inline="always")
+def _output_transform_row(m, th, tw, y, t, patch):
+    """Output transform of tile row ``t``; edge tiles go through the 2x2 ``patch`` (2, 2, F)."""
+    _, oh, ow, f = y.shape
+    n = t // th
+    oi = 2 * (t % th)
+    for tj in range(tw):
+        oj = 2 * tj
+        row = t * tw + tj
+        if oi + 2 <= oh and oj + 2 <= ow:
+            _output_tile(m, row, y[n], oi, oj)
+            continue
+        _output_tile(m, row, patch, 0, 0)
+        for i in range(min(2, oh - oi)):
+            for j in range(min(2, ow - oj)):
+                for k in range(f):
+                    y[n, oi + i, oj + j, k] = patch[i, j, k]
+
+
 @njit(parallel=True, cache=True)
 def output_transform(m, th, tw, y):
     """``y = A^T M A`` for every tile and filter; outputs past an odd edge are dropped.
 
-    m : ndarray (16, N*th*tw, F); y : ndarray (N, OH, OW, F), written.
+    m : ndarray (16, R, F) with R >= N*th*tw; y : ndarray (N, OH, OW, F), written.
     """
-    n_img, oh, ow, f = y.shape
-    for t in prange(n_img * th):
-        n = t // th
-        oi = 2 * (t % th)
-        patch = np.empty((2, 2, f), dtype=y.dtype)
-        for tj in range(tw):
-            oj = 2 * tj
-            row = t * tw + tj
-            if oi + 2 <= oh and oj + 2 <= ow:
-                _output_tile(m, row, y[n], oi, oj)
-                continue
-            _output_tile(m, row, patch, 0, 0)
-            for i in range(min(2, oh - oi)):
-                for j in range(min(2, ow - oj)):
-                    for k in range(f):
-                        y[n, oi + i, oj + j, k] = patch[i, j, k]
+    for t in prange(y.shape[0] * th):
+        _output_transform_row(m, th, tw, y, t, np.empty((2, 2, y.shape[3]), dtype=y.dtype))
+
+
+@njit(nogil=True, cache=True)
+def output_transform_serial(m, th, tw, y):
+    """:func:`output_transform` in the calling thread, without holding the GIL."""
+    patch = np.empty((2, 2, y.shape[3]), dtype=y.dtype)
+    for t in range(y.shape[0] * th):
+        _output_transform_row(m, th, tw, y, t, patch)
 
 
 @njit(inline="always")
@@ -346,26 +388,39 @@ def _output_tile_backward(src, oi, oj, dm, row):
         dm[15, row, k] = h1
 
 
+@njit(inline="always")
+def _output_transform_backward_row(dy, th, tw, dm, t, patch):
+    """Output-transform adjoint of tile row ``t``; edge tiles read a zero-padded 2x2 ``patch``."""
+    _, oh, ow, f = dy.shape
+    n = t // th
+    oi = 2 * (t % th)
+    for tj in range(tw):
+        oj = 2 * tj
+        row = t * tw + tj
+        if oi + 2 <= oh and oj + 2 <= ow:
+            _output_tile_backward(dy[n], oi, oj, dm, row)
+            continue
+        patch[...] = 0
+        for i in range(min(2, oh - oi)):
+            for j in range(min(2, ow - oj)):
+                for k in range(f):
+                    patch[i, j, k] = dy[n, oi + i, oj + j, k]
+        _output_tile_backward(patch, 0, 0, dm, row)
+
+
 @njit(parallel=True, cache=True)
 def output_transform_backward(dy, th, tw, dm):
     """Adjoint of :func:`output_transform`: ``dM = A dY A^T`` per tile (dY zero past an odd edge).
 
-    dy : ndarray (N, OH, OW, F); dm : ndarray (16, N*th*tw, F), written.
+    dy : ndarray (N, OH, OW, F); dm : ndarray (16, R, F) with R >= N*th*tw, written.
     """
-    n_img, oh, ow, f = dy.shape
-    for t in prange(n_img * th):
-        n = t // th
-        oi = 2 * (t % th)
-        patch = np.empty((2, 2, f), dtype=dy.dtype)
-        for tj in range(tw):
-            oj = 2 * tj
-            row = t * tw + tj
-            if oi + 2 <= oh and oj + 2 <= ow:
-                _output_tile_backward(dy[n], oi, oj, dm, row)
-                continue
-            patch[...] = 0
-            for i in range(min(2, oh - oi)):
-                for j in range(min(2, ow - oj)):
-                    for k in range(f):
-                        patch[i, j, k] = dy[n, oi + i, oj + j, k]
-            _output_tile_backward(patch, 0, 0, dm, row)
+    for t in prange(dy.shape[0] * th):
+        _output_transform_backward_row(dy, th, tw, dm, t, np.empty((2, 2, dy.shape[3]), dtype=dy.dtype))
+
+
+@njit(nogil=True, cache=True)
+def output_transform_backward_serial(dy, th, tw, dm):
+    """:func:`output_transform_backward` in the calling thread, without holding the GIL."""
+    patch = np.empty((2, 2, dy.shape[3]), dtype=dy.dtype)
+    for t in range(dy.shape[0] * th):
+        _output_transform_backward_row(dy, th, tw, dm, t, patch)

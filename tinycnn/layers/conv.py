@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..kernels import conv as K
+from .._threads import split_batch
 from ..kernels import winograd as WG
 from .base import ActivatedLayer, check_int_tuple, check_padding
 
@@ -9,7 +10,7 @@ from .base import ActivatedLayer, check_int_tuple, check_padding
 # between im2col and the product and memory stays bounded whatever the batch size.
 COLUMN_CHUNK_BYTES = 8 * 2**20
 # The same for the Winograd path: transformed inputs and products of one chunk (V and M together).
-WINOGRAD_CHUNK_BYTES = 16 * 2**20
+WINOGRAD_CHUNK_BYTES = 4 * 2**20
 # 3x3 stride-1 convolutions with at least this many input channels use Winograd F(2x2, 3x3). With
 # fewer channels its 16 matrix products are too thin for BLAS to run well (the first layer of an
 # RGB network, C = 3, stays on im2col).
@@ -100,37 +101,51 @@ class Conv2D(ActivatedLayer):
         row_bytes = np.prod(self.kernel_size) * self.input_shape[2] * self.dtype.itemsize
         return int(max(1, min(n, COLUMN_CHUNK_BYTES // max(1, oh * ow * row_bytes))))
 
-    def _columns(self, x_chunk, out):
+    def _columns(self, x_chunk, out, serial=False):
         """im2col of a chunk into ``out`` (rows x KH*KW*C); returns the filled view."""
         oh, ow, _ = self.output_shape
         kh, kw = self.kernel_size
         if self._pointwise:
             return x_chunk.reshape(-1, x_chunk.shape[-1])
         cols = out[: x_chunk.shape[0] * oh * ow]
-        K.im2col(x_chunk, kh, kw, self.strides[0], self.strides[1], self._pad_h, self._pad_w, oh, ow, cols)
+        im2col = K.im2col_serial if serial else K.im2col
+        im2col(x_chunk, kh, kw, self.strides[0], self.strides[1], self._pad_h, self._pad_w, oh, ow, cols)
         return cols
+
+    def _column_buffer(self, slot, step):
+        if self._pointwise:
+            return None
+        oh, ow, _ = self.output_shape
+        return self._buffer(f"cols{slot}", (step * oh * ow, int(np.prod(self.kernel_size)) * self.input_shape[2]))
 
     def forward(self, x, training=False):
         n = x.shape[0]
         oh, ow, f = self.output_shape
-        pix = oh * ow
-        w2d = self.params["kernel"].reshape(-1, f)
         y = self._buffer("y", (n, oh, ow, f))
         y2d = y.reshape(-1, f)
         self._x = x
         if self.algorithm == "winograd":
             self._winograd_forward(x, y)
-            self._y2d = self._activate(y2d)
-            return self._y2d.reshape(n, oh, ow, f)
-        step = self._chunk_images(n)
-        buf = None if self._pointwise else self._buffer("cols", (step * pix, w2d.shape[0]))
-        for n0 in range(0, n, step):
-            n1 = min(n, n0 + step)
-            cols = self._columns(x[n0:n1], buf)
-            np.matmul(cols, w2d, out=y2d[n0 * pix:n1 * pix])
-        out2d = self._activate(y2d)
-        self._y2d = out2d
-        return out2d.reshape(n, oh, ow, f)
+        else:
+            self._im2col_forward(x, y2d)
+        self._y2d = self._activate(y2d)
+        return self._y2d.reshape(n, oh, ow, f)
+
+    def _im2col_forward(self, x, y2d):
+        """``y2d = im2col(x) @ W`` chunk by chunk (no bias/activation)."""
+        oh, ow, f = self.output_shape
+        pix = oh * ow
+        w2d = self.params["kernel"].reshape(-1, f)
+        step = self._chunk_images(x.shape[0])
+
+        def work(lo, hi, slot, serial):
+            buf = self._column_buffer(slot, step)
+            for n0 in range(lo, hi, step):
+                n1 = min(hi, n0 + step)
+                cols = self._columns(x[n0:n1], buf, serial)
+                np.matmul(cols, w2d, out=y2d[n0 * pix:n1 * pix])
+
+        split_batch(x.shape[0], work)
 
     def _linear_backward(self, dz2d):
         if self.algorithm == "winograd":
@@ -141,62 +156,83 @@ class Conv2D(ActivatedLayer):
         pix = oh * ow
         kh, kw = self.kernel_size
         w2d = self.params["kernel"].reshape(-1, f)
-        dw2d = self.grads["kernel"].reshape(-1, f)
-        dw2d[...] = 0
         dx = self._buffer("dx", x.shape) if self.input_grad_needed else None
         step = self._chunk_images(n)
-        buf = None if self._pointwise else self._buffer("cols", (step * pix, w2d.shape[0]))
-        part = self._buffer("dw_part", dw2d.shape)
-        for n0 in range(0, n, step):
-            n1 = min(n, n0 + step)
-            cols = self._columns(x[n0:n1], buf)
-            dz = dz2d[n0 * pix:n1 * pix]
-            np.matmul(cols.T, dz, out=part)
-            dw2d += part
-            if dx is None:
-                continue
-            if self._pointwise:
-                np.matmul(dz, w2d.T, out=dx[n0:n1].reshape(-1, w2d.shape[0]))
-            else:
-                dcols = cols  # the columns are no longer needed: reuse their memory
-                np.matmul(dz, w2d.T, out=dcols)
-                K.col2im(dcols, kh, kw, self.strides[0], self.strides[1], self._pad_h, self._pad_w,
-                         oh, ow, dx[n0:n1])
+        dw_parts = {}
+
+        def work(lo, hi, slot, serial):
+            buf = self._column_buffer(slot, step)
+            dw = self._buffer(f"dw{slot}", w2d.shape)
+            part = self._buffer(f"dw_part{slot}", w2d.shape)
+            col2im = K.col2im_serial if serial else K.col2im
+            for n0 in range(lo, hi, step):
+                n1 = min(hi, n0 + step)
+                cols = self._columns(x[n0:n1], buf, serial)
+                dz = dz2d[n0 * pix:n1 * pix]
+                np.matmul(cols.T, dz, out=dw if n0 == lo else part)
+                if n0 > lo:
+                    dw += part
+                if dx is None:
+                    continue
+                if self._pointwise:
+                    np.matmul(dz, w2d.T, out=dx[n0:n1].reshape(-1, w2d.shape[0]))
+                else:
+                    dcols = cols  # the columns are no longer needed: reuse their memory
+                    np.matmul(dz, w2d.T, out=dcols)
+                    col2im(dcols, kh, kw, self.strides[0], self.strides[1], self._pad_h, self._pad_w,
+                           oh, ow, dx[n0:n1])
+            dw_parts[slot] = dw
+
+        split_batch(n, work)
+        dw2d = self.grads["kernel"].reshape(-1, f)
+        dw2d[...] = dw_parts[0]
+        for slot in range(1, len(dw_parts)):  # in slot order: the same sum on every run
+            dw2d += dw_parts[slot]
         self._x = None
         return dx
 
     # --- Winograd F(2x2, 3x3) for 3x3 stride-1 kernels (see kernels/winograd.py) -------------------
 
-    def _winograd_setup(self, n):
-        """Tile grid, chunk size and the (reused) buffers of the Winograd path.
-
-        V and M hold the 16 transformed planes of a chunk. Each plane gets one spare row, so that
-        consecutive planes do not start at addresses 4 KiB apart: the transforms touch all 16
-        planes at once, and equal low address bits would make those 16 streams evict each other
-        from the same cache sets (measured: the input transform ran 2-3x slower without it).
-        """
+    def _winograd_plan(self, n):
+        """Tile grid and chunk size (images) of the Winograd path, and the transformed kernel U."""
         oh, ow, f = self.output_shape
         c = self.input_shape[2]
         th, tw = WG.tile_grid(oh, ow)
         per_image = 16 * th * tw * (c + f) * self.dtype.itemsize
         step = int(max(1, min(n, WINOGRAD_CHUNK_BYTES // per_image)))
-        rows = step * th * tw
-        v = self._buffer("wino_v", (16, rows + 1, c))
-        m = self._buffer("wino_m", (16, rows + 1, f))
         u = self._buffer("wino_u", (16, c, f))
         WG.kernel_transform(self.params["kernel"], u)
-        return th, tw, step, u, v, m
+        return th, tw, step, u
+
+    def _winograd_buffers(self, slot, step, th, tw):
+        """V and M of one chunk, for the thread in ``slot`` (reused between steps).
+
+        Each of the 16 planes gets one spare row, so that consecutive planes do not start at
+        addresses a multiple of 4 KiB apart: the transforms touch all 16 planes at once, and equal
+        low address bits would make those 16 streams evict each other from the same cache sets
+        (measured: the input transform ran 2-3x slower without it).
+        """
+        rows = step * th * tw + 1
+        return (self._buffer(f"wino_v{slot}", (16, rows, self.input_shape[2])),
+                self._buffer(f"wino_m{slot}", (16, rows, self.output_shape[2])))
 
     def _winograd_forward(self, x, y):
         """``y = conv(x)`` without bias/activation: per chunk, V = B^T d B, M = V @ U, y = A^T M A."""
-        n = x.shape[0]
-        th, tw, step, u, v, m = self._winograd_setup(n)
-        for n0 in range(0, n, step):
-            n1 = min(n, n0 + step)
-            rows = (n1 - n0) * th * tw
-            WG.input_transform(x[n0:n1], self._pad_h, self._pad_w, th, tw, v)
-            np.matmul(v[:, :rows], u, out=m[:, :rows])
-            WG.output_transform(m, th, tw, y[n0:n1])
+        th, tw, step, u = self._winograd_plan(x.shape[0])
+        ph, pw = self._pad_h, self._pad_w
+
+        def work(lo, hi, slot, serial):
+            v, m = self._winograd_buffers(slot, step, th, tw)
+            inp = WG.input_transform_serial if serial else WG.input_transform
+            out = WG.output_transform_serial if serial else WG.output_transform
+            for n0 in range(lo, hi, step):
+                n1 = min(hi, n0 + step)
+                rows = (n1 - n0) * th * tw
+                inp(x[n0:n1], ph, pw, th, tw, v)
+                np.matmul(v[:, :rows], u, out=m[:, :rows])
+                out(m, th, tw, y[n0:n1])
+
+        split_batch(x.shape[0], work)
 
     def _winograd_backward(self, dz2d):
         """dM = A dZ A^T; dU = V^T @ dM (-> dW = G^T dU G); dV = dM @ U^T (-> dx = B dV B^T)."""
@@ -204,22 +240,36 @@ class Conv2D(ActivatedLayer):
         n = x.shape[0]
         oh, ow, f = self.output_shape
         dz = dz2d.reshape(n, oh, ow, f)
-        th, tw, step, u, v, m = self._winograd_setup(n)
-        du = self._buffer("wino_du", u.shape)
-        part = self._buffer("wino_du_part", u.shape)
+        th, tw, step, u = self._winograd_plan(n)
+        ph, pw = self._pad_h, self._pad_w
         dx = self._buffer("dx", x.shape) if self.input_grad_needed else None
-        for n0 in range(0, n, step):
-            n1 = min(n, n0 + step)
-            rows = (n1 - n0) * th * tw
-            WG.output_transform_backward(dz[n0:n1], th, tw, m)
-            WG.input_transform(x[n0:n1], self._pad_h, self._pad_w, th, tw, v)
-            np.matmul(v[:, :rows].transpose(0, 2, 1), m[:, :rows], out=du if n0 == 0 else part)
-            if n0 > 0:
-                du += part
-            if dx is not None:
-                # V is no longer needed: its memory takes dV
-                np.matmul(m[:, :rows], u.transpose(0, 2, 1), out=v[:, :rows])
-                WG.input_transform_backward(v, self._pad_h, self._pad_w, th, tw, dx[n0:n1])
+        du_parts = {}
+
+        def work(lo, hi, slot, serial):
+            v, m = self._winograd_buffers(slot, step, th, tw)
+            du = self._buffer(f"wino_du{slot}", u.shape)
+            part = self._buffer(f"wino_du_part{slot}", u.shape)
+            inp = WG.input_transform_serial if serial else WG.input_transform
+            out_back = WG.output_transform_backward_serial if serial else WG.output_transform_backward
+            inp_back = WG.input_transform_backward_serial if serial else WG.input_transform_backward
+            for n0 in range(lo, hi, step):
+                n1 = min(hi, n0 + step)
+                rows = (n1 - n0) * th * tw
+                out_back(dz[n0:n1], th, tw, m)
+                inp(x[n0:n1], ph, pw, th, tw, v)
+                np.matmul(v[:, :rows].transpose(0, 2, 1), m[:, :rows], out=du if n0 == lo else part)
+                if n0 > lo:
+                    du += part
+                if dx is not None:
+                    # V is no longer needed: its memory takes dV
+                    np.matmul(m[:, :rows], u.transpose(0, 2, 1), out=v[:, :rows])
+                    inp_back(v, ph, pw, th, tw, dx[n0:n1])
+            du_parts[slot] = du
+
+        split_batch(n, work)
+        du = du_parts[0]
+        for slot in range(1, len(du_parts)):  # in slot order: the same sum on every run
+            du += du_parts[slot]
         WG.kernel_transform_backward(du, self.grads["kernel"])
         self._x = None
         return dx

@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import activations
 from .. import rng
+from .._threads import split_batch
 from ..kernels import activations as AK
 from .base import ActivatedLayer, Layer
 
@@ -56,16 +57,31 @@ class Dense(ActivatedLayer):
 
     def forward(self, x, training=False):
         x2d = x.reshape(-1, x.shape[-1])
-        z2d = x2d @ self.params["kernel"]
+        w = self.params["kernel"]
+        z2d = np.empty((x2d.shape[0], self.units), dtype=self.dtype)
+        # Rows in slices, one per thread, with BLAS single-threaded (see tinycnn/_threads.py).
+        split_batch(x2d.shape[0], lambda lo, hi, slot, serial: np.matmul(x2d[lo:hi], w, out=z2d[lo:hi]))
         self._x2d = x2d
         self._y2d = self._activate(z2d)
         return self._y2d.reshape(x.shape[:-1] + (self.units,))
 
     def _linear_backward(self, dz2d):
-        np.matmul(self._x2d.T, dz2d, out=self.grads["kernel"])
-        if not self.input_grad_needed:
+        x2d, w = self._x2d, self.params["kernel"]
+        dx2d = np.empty_like(x2d) if self.input_grad_needed else None
+        dw_parts = {}
+
+        def work(lo, hi, slot, serial):
+            dw_parts[slot] = x2d[lo:hi].T @ dz2d[lo:hi]
+            if dx2d is not None:
+                np.matmul(dz2d[lo:hi], w.T, out=dx2d[lo:hi])
+
+        split_batch(x2d.shape[0], work)
+        dw = self.grads["kernel"]
+        dw[...] = dw_parts[0]
+        for slot in range(1, len(dw_parts)):  # in slot order: the same sum on every run
+            dw += dw_parts[slot]
+        if dx2d is None:
             return None
-        dx2d = dz2d @ self.params["kernel"].T
         return dx2d.reshape((-1,) + self.input_shape)
 
     def get_config(self):
