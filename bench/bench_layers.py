@@ -31,10 +31,12 @@ Reading the output
 * For Conv2D and Dense, the matrix-product FLOPs: forward ``2*N*OH*OW*KH*KW*Cin*F``; backward the
   same for the weight gradient plus the same again for the input gradient, unless
   ``layer.input_grad_needed`` is False (the first layer). ``GFLOP/s`` divides those by the layer's
-  time, which also holds im2col/col2im, bias and ReLU; ``%peak`` compares with the float32 GEMM
-  ceiling (a square 2048 product through NumPy's BLAS, measured in the same run). A convolution at
-  80% of the ceiling is close to as fast as it can be done this way; one at 20% loses its time
-  outside the product or runs a product of an awkward shape.
+  time, which also holds im2col/col2im (or Winograd's transforms), bias and ReLU. ``%peak`` compares
+  with the float32 GEMM ceiling (a square 2048 product through NumPy's BLAS, measured in the same
+  run). Winograd layers do 2.25x fewer multiplications than these FLOPs, so their "effective"
+  GFLOP/s can pass the ceiling. An im2col convolution at 80% of the ceiling is close to as fast as it
+  can be done that way; one at 20% loses its time outside the product or runs a product of an
+  awkward shape.
 * The totals: GEMM-bearing layers (Conv2D, Dense) against everything else (normalisation,
   pooling, dropout, loss, optimizer), the time the products would take at the GEMM ceiling, and
   the sum of the rows against a measured ``train_on_batch`` (the difference is input validation,
@@ -42,16 +44,22 @@ Reading the output
 
 Convolution breakdown
 ---------------------
-A second table takes each Conv2D apart the way ``Conv2D.forward``/``backward`` run it, chunk by
-chunk with the layer's own chunk size, and times each piece over the whole batch: ``im2col``
-(forward and again in backward), the three products (forward ``cols @ W``, weight gradient
-``cols.T @ dz``, input gradient ``dz @ W.T``) with their GFLOP/s and % of the GEMM ceiling,
-``col2im``, and the bias/ReLU epilogues. It answers "is a convolution slow in its products or
-around them?".
+A second table takes each Conv2D apart the way ``Conv2D.forward``/``backward`` run it (the batch
+split over the threads, chunk by chunk with the layer's own chunk size) and times each piece over
+the whole batch. For an im2col layer: ``im2col`` (forward and again in backward), the three
+products (forward ``cols @ W``, weight gradient ``cols.T @ dz``, input gradient ``dz @ W.T``),
+``col2im`` and the bias/ReLU epilogues. For a Winograd layer (3x3, stride 1, 16+ channels): the
+input transform (forward and again in backward), the 16 batched products of each kind, the output
+transform (with bias and ReLU fused in), the adjoints of both transforms (the ReLU mask and the
+bias gradient fused into the output one) and the kernel transforms. Products are
+shown with their real GFLOP/s and % of the GEMM ceiling. It answers "is a convolution slow in its
+products or around them?", and the last line gives everything outside the products as a share of
+the step.
 
 Internal names used: ``model.layers``, ``model._loss``, ``model._fused``, ``model._trainable``,
-``layer.backward_from_logits``, ``layer.input_grad_needed`` and Conv2D's ``_chunk_images``,
-``_columns``, ``_pad_h``/``_pad_w``, ``_bias``.
+``layer.backward_from_logits``, ``layer.input_grad_needed``, ``tinycnn._threads.split_batch`` and
+Conv2D's ``algorithm``, ``_chunk_images``, ``_columns``, ``_column_buffer``, ``_winograd_plan``,
+``_winograd_buffers``, ``_pad_h``/``_pad_w``, ``_bias``.
 """
 import argparse
 import os
@@ -122,7 +130,8 @@ def build_rows(model, batch, forward, backward, extra, peak):
         fwd = forward[layer.name]
         bwd = backward.get(layer.name, 0.0)
         row = {"name": layer.name, "type": type(layer).__name__, "output_shape": [batch, *layer.output_shape],
-               "forward_ms": 1e3 * fwd, "backward_ms": 1e3 * bwd, "gemm": False}
+               "forward_ms": 1e3 * fwd, "backward_ms": 1e3 * bwd, "gemm": False,
+               "algorithm": getattr(layer, "algorithm", None)}
         flops = _common.layer_flops(layer, batch)
         if flops is not None:
             row.update(gemm=True, forward_flops=flops[0], backward_flops=flops[1],
@@ -159,7 +168,12 @@ def print_rows(rows):
     print(_common.format_table(headers, table, align="lll" + "r" * 8))
     note = [r["name"] for r in rows if r["gemm"] and not r["input_grad_needed"]]
     if note:
-        print(f"(no input gradient computed for {', '.join(note)}: its backward counts the weight-gradient product only)")
+        print(f"(no input gradient computed for {', '.join(note)}: its backward counts the weight-gradient "
+              f"product only)")
+    winograd = [r["name"] for r in rows if r.get("algorithm") == "winograd"]
+    if winograd:
+        print(f"(Winograd layers {', '.join(winograd)}: GFLOP/s counts the FLOPs of the direct convolution, 2.25x "
+              f"what Winograd multiplies, so it can pass 100% of the ceiling; the breakdown below counts real FLOPs)")
 
 
 def summarize_totals(rows, total_ms, whole_ms, peak):
@@ -200,7 +214,7 @@ def print_totals(t):
     print(f"  everything else (norm, pool, dropout, flatten, loss, optimizer): {t['other_ms']:9.2f} ms  "
           f"({t['other_share_pct']:.1f}%)")
     print(f"  the same products at the GEMM ceiling would take {t['gemm_at_peak_ms']:.2f} ms "
-          f"({t['gemm_flops'] / 1e9:.2f} GFLOP)")
+          f"({t['gemm_flops'] / 1e9:.2f} GFLOP, counted as direct convolutions: Winograd layers multiply less)")
     print(f"  sum of the rows: {t['sum_of_rows_ms']:.2f} ms; one whole train_on_batch: {t['train_on_batch_ms']:.2f} ms; "
           f"difference {t['outside_layers_ms']:+.2f} ms\n"
           f"  (a positive difference is spent outside the layers: input checks, copies, Python glue; a negative "
@@ -249,7 +263,7 @@ def main(argv=None):
     print_totals(totals)
     progress("taking the convolutions apart ...")
     breakdown = conv_breakdown(model, x, args.repeats, peak)
-    print_conv_breakdown(breakdown)
+    print_conv_breakdown(breakdown, totals["sum_of_rows_ms"], totals["other_ms"])
 
     if args.json:
         payload = {
@@ -270,111 +284,166 @@ def main(argv=None):
 def conv_breakdown(model, x, repeats, peak):
     """Time the pieces of every Conv2D's forward and backward (see the module docstring)."""
     import numpy as np
-    from tinycnn.kernels import conv as K
     from tinycnn.layers import Conv2D
 
     rows = []
     h = x
     for layer in model.layers:
         if isinstance(layer, Conv2D):
-            rows.append(_time_conv_pieces(layer, np.ascontiguousarray(h), repeats, peak, K))
+            rows.append(_time_conv_pieces(layer, np.ascontiguousarray(h), repeats, peak))
         h = layer.forward(h, training=True)
     return rows
 
 
-def _time_conv_pieces(layer, x, repeats, peak, K):
+def _time_conv_pieces(layer, x, repeats, peak):
+    """Run one Conv2D's forward and backward the way the layer does (batch slices over threads via
+    ``split_batch``, chunk loop inside each slice), timing every piece in every thread. A piece's
+    time is the mean over threads of its accumulated seconds: the threads run the same pieces side
+    by side, so that is its share of the layer's wall-clock time."""
     import numpy as np
+    from tinycnn._threads import split_batch
+    from tinycnn.kernels import conv as K
+    from tinycnn.kernels import winograd as WG
+
     n = x.shape[0]
     oh, ow, f = layer.output_shape
-    pix = oh * ow
+    c = layer.input_shape[2]
     kh, kw = layer.kernel_size
-    w2d = layer.params["kernel"].reshape(-1, f)
-    step = layer._chunk_images(n)
-    buf = np.empty((step * pix, w2d.shape[0]), dtype=layer.dtype)
-    y2d = np.empty((n * pix, f), dtype=layer.dtype)
-    dz2d = np.random.default_rng(0).standard_normal(y2d.shape).astype(layer.dtype)
-    dx = np.empty_like(x)
-    dz_out = np.empty_like(dz2d)
-    dw = np.empty_like(w2d)
-    part = np.empty_like(w2d)
-    chunks = [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
+    pix = oh * ow
     relu = layer.activation.name == "relu"
+    winograd = layer.algorithm == "winograd"
+    gen = np.random.default_rng(0)
+    y = np.empty((n, oh, ow, f), dtype=layer.dtype)
+    y2d = y.reshape(-1, f)
+    dz2d = gen.standard_normal(y2d.shape).astype(layer.dtype)
+    dz_out = np.empty_like(dz2d)
+    dx = np.empty_like(x)
+    ph, pw = layer._pad_h, layer._pad_w
+    w2d = layer.params["kernel"].reshape(-1, f)
+    if winograd:
+        th, tw, step, u = layer._winograd_plan(n)
+        rows_per_image = th * tw
+        bias = layer.params["bias"] if layer.use_bias else np.zeros(f, dtype=layer.dtype)
+        db_rows = np.empty((n * th, f))  # the layer fuses bias and ReLU into the output transforms
+        # the products of the 16 transformed planes: 2 * 16 * tiles * C * F per product
+        product_flop = 2.0 * 16 * n * rows_per_image * c * f
+    else:
+        step = layer._chunk_images(n)
+        product_flop = 2.0 * n * pix * w2d.shape[0] * f
 
-    def im2col_all():
-        for n0, n1 in chunks:
-            layer._columns(x[n0:n1], buf)
+    def run_once():
+        acc = {}
 
-    def gemm(kind):
-        timings = {"im2col": 0.0, kind: 0.0}
-        for n0, n1 in chunks:
+        def timed(name, slot, fn, *args):
             t0 = time.perf_counter()
-            cols = layer._columns(x[n0:n1], buf)
-            t1 = time.perf_counter()
-            rows_ = slice(n0 * pix, n1 * pix)
-            if kind == "fwd GEMM":
-                np.matmul(cols, w2d, out=y2d[rows_])
-            elif kind == "dW GEMM":
-                np.matmul(cols.T, dz2d[rows_], out=part)
-                dw[...] += part
-            else:
-                np.matmul(dz2d[rows_], w2d.T, out=buf[: (n1 - n0) * pix])
-            timings["im2col"] += t1 - t0
-            timings[kind] += time.perf_counter() - t1
-        return timings
+            result = fn(*args)
+            acc.setdefault(name, {}).setdefault(slot, 0.0)
+            acc[name][slot] += time.perf_counter() - t0
+            return result
 
-    def col2im_all():
-        for n0, n1 in chunks:
-            if not layer._pointwise:
-                K.col2im(buf[: (n1 - n0) * pix], kh, kw, layer.strides[0], layer.strides[1], layer._pad_h,
-                         layer._pad_w, oh, ow, dx[n0:n1])
+        if winograd:
+            def fwd(lo, hi, slot, serial):
+                v, m = layer._winograd_buffers(slot, step, th, tw)
+                inp = WG.input_transform_serial if serial else WG.input_transform
+                out = WG.output_transform_serial if serial else WG.output_transform
+                for n0 in range(lo, hi, step):
+                    n1 = min(hi, n0 + step)
+                    r = (n1 - n0) * rows_per_image
+                    timed("input transform", slot, inp, x[n0:n1], ph, pw, th, tw, v)
+                    timed("fwd GEMM", slot, np.matmul, v[:, :r], u, m[:, :r])
+                    timed("output transform (+bias, ReLU)", slot, out, m, th, tw, bias, relu, y[n0:n1])
 
-    pieces = {}
-    for _ in range(repeats + 1):  # the first round warms up
-        for kind in ("fwd GEMM", "dW GEMM", "dX GEMM"):
-            if kind == "dX GEMM" and not layer.input_grad_needed:
-                continue
-            for key, seconds in gemm(kind).items():
-                pieces.setdefault(key if key != "im2col" else f"im2col ({kind})", []).append(seconds)
-        t0 = time.perf_counter()
-        col2im_all()
-        t1 = time.perf_counter()
-        K.bias_act_forward(y2d, layer._bias(), relu)
-        K.bias_act_backward(dz2d, y2d, relu, dz_out)
-        t3 = time.perf_counter()
-        if layer.input_grad_needed and not layer._pointwise:
-            pieces.setdefault("col2im", []).append(t1 - t0)
-        pieces.setdefault("epilogues", []).append(t3 - t1)
-    ms = {k: 1e3 * statistics.median(v[1:]) for k, v in pieces.items()}
-    flop = 2.0 * n * pix * w2d.shape[0] * f
-    row = {"layer": layer.name, "chunk_images": step, "ms": ms,
-           "gemm_gflops": {k: flop / (ms[k] * 1e6) for k in ("fwd GEMM", "dW GEMM", "dX GEMM") if k in ms}}
-    # im2col runs once in forward and once in backward in the real layer (not once per product).
-    im2col_ms = statistics.median([ms[k] for k in ms if k.startswith("im2col")])
-    gemm_ms = sum(ms[k] for k in row["gemm_gflops"])
-    copies_ms = 2 * im2col_ms + ms.get("col2im", 0.0) + ms["epilogues"]
-    row.update(im2col_ms=im2col_ms, gemm_ms=gemm_ms, copies_ms=copies_ms,
-               gemm_pct_peak={k: 100 * v / peak for k, v in row["gemm_gflops"].items()})
+            def bwd(lo, hi, slot, serial):
+                v, m = layer._winograd_buffers(slot, step, th, tw)
+                du = np.empty_like(u)
+                inp = WG.input_transform_serial if serial else WG.input_transform
+                out_b = WG.output_transform_backward_serial if serial else WG.output_transform_backward
+                inp_b = WG.input_transform_backward_serial if serial else WG.input_transform_backward
+                dz = dz2d.reshape(n, oh, ow, f)
+                for n0 in range(lo, hi, step):
+                    n1 = min(hi, n0 + step)
+                    r = (n1 - n0) * rows_per_image
+                    timed("output adjoint (+ReLU mask, bias grad)", slot, out_b, dz[n0:n1], y[n0:n1], relu, th, tw, m,
+                          db_rows[n0 * th:n1 * th])
+                    timed("input transform", slot, inp, x[n0:n1], ph, pw, th, tw, v)
+                    timed("dW GEMM", slot, np.matmul, v[:, :r].transpose(0, 2, 1), m[:, :r], du)
+                    if layer.input_grad_needed:
+                        timed("dX GEMM", slot, np.matmul, m[:, :r], u.transpose(0, 2, 1), v[:, :r])
+                        timed("input adjoint", slot, inp_b, v, ph, pw, th, tw, dx[n0:n1])
+
+            timed("kernel transforms", 0, WG.kernel_transform, layer.params["kernel"], u)
+            split_batch(n, fwd)
+            split_batch(n, bwd)
+            timed("kernel transforms", 0, WG.kernel_transform_backward, u, layer.grads["kernel"])
+            timed("bias gradient", 0, db_rows.sum, 0)
+        else:
+            def fwd(lo, hi, slot, serial):
+                buf = layer._column_buffer(slot, step)
+                for n0 in range(lo, hi, step):
+                    n1 = min(hi, n0 + step)
+                    cols = timed("im2col", slot, layer._columns, x[n0:n1], buf, serial)
+                    timed("fwd GEMM", slot, np.matmul, cols, w2d, y2d[n0 * pix:n1 * pix])
+
+            def bwd(lo, hi, slot, serial):
+                buf = layer._column_buffer(slot, step)
+                part = np.empty_like(w2d)
+                col2im = K.col2im_serial if serial else K.col2im
+                for n0 in range(lo, hi, step):
+                    n1 = min(hi, n0 + step)
+                    cols = timed("im2col", slot, layer._columns, x[n0:n1], buf, serial)
+                    dz = dz2d[n0 * pix:n1 * pix]
+                    timed("dW GEMM", slot, np.matmul, cols.T, dz, part)
+                    if layer.input_grad_needed:
+                        out = dx[n0:n1].reshape(-1, w2d.shape[0]) if layer._pointwise else cols
+                        timed("dX GEMM", slot, np.matmul, dz, w2d.T, out)
+                        if not layer._pointwise:
+                            timed("col2im", slot, col2im, cols, kh, kw, layer.strides[0], layer.strides[1],
+                                  ph, pw, oh, ow, dx[n0:n1])
+
+            split_batch(n, fwd)
+            split_batch(n, bwd)
+            timed("epilogues", 0, K.bias_act_forward, y2d, layer._bias(), relu)
+            timed("epilogues", 0, K.bias_act_backward, dz2d, y2d, relu, dz_out)
+        return {name: sum(per_slot.values()) / len(per_slot) for name, per_slot in acc.items()}
+
+    samples = [run_once() for _ in range(repeats + 1)][1:]  # the first round warms up
+    ms = {k: 1e3 * statistics.median(sample[k] for sample in samples) for k in samples[0]}
+    products = [k for k in ("fwd GEMM", "dW GEMM", "dX GEMM") if k in ms]
+    row = {"layer": layer.name, "algorithm": layer.algorithm, "chunk_images": step, "ms": ms,
+           "product_gflop": product_flop / 1e9,
+           "gemm_gflops": {k: product_flop / (ms[k] * 1e6) for k in products}}
+    row["gemm_ms"] = sum(ms[k] for k in products)
+    row["copies_ms"] = sum(v for k, v in ms.items() if k not in products)
+    row["gemm_pct_peak"] = {k: 100 * v / peak for k, v in row["gemm_gflops"].items()}
     return row
 
 
-def print_conv_breakdown(rows):
-    print("\nConvolution breakdown (whole batch, ms; im2col counted twice: forward and backward)")
-    header = ["layer", "chunk", "im2col", "fwd GEMM", "dW GEMM", "dX GEMM", "col2im", "epilogues",
-              "GEMMs", "around them"]
+def print_conv_breakdown(rows, step_ms=None, other_ms=None):
+    print("\nConvolution breakdown (whole batch, ms, summed over chunks; the batch is split over the threads)")
+    header = ["layer", "algorithm", "chunk", "fwd GEMM", "dW GEMM", "dX GEMM", "GEMMs", "around them"]
     table = []
     for r in rows:
         ms, pct = r["ms"], r["gemm_pct_peak"]
 
         def g(k):
             return f"{ms[k]:.1f} ({pct[k]:.0f}%)" if k in ms else "-"
-        table.append([r["layer"], f"{r['chunk_images']} img", f"{r['im2col_ms']:.1f}", g("fwd GEMM"), g("dW GEMM"),
-                      g("dX GEMM"), f"{ms['col2im']:.1f}" if "col2im" in ms else "-", f"{ms['epilogues']:.1f}",
-                      f"{r['gemm_ms']:.1f}", f"{r['copies_ms']:.1f}"])
+        table.append([r["layer"], r["algorithm"], f"{r['chunk_images']} img", g("fwd GEMM"), g("dW GEMM"),
+                      g("dX GEMM"), f"{r['gemm_ms']:.1f}", f"{r['copies_ms']:.1f}"])
     print(_common.format_table(header, table))
+    print("around them, piece by piece:")
+    for r in rows:
+        pieces = ", ".join(f"{k} {v:.1f}" for k, v in r["ms"].items() if k not in r["gemm_gflops"])
+        print(f"  {r['layer']:<10s} {pieces}")
     gemm = sum(r["gemm_ms"] for r in rows)
     copies = sum(r["copies_ms"] for r in rows)
-    print(f"(percentages: GFLOP/s of that product against the GEMM ceiling; all convolutions: {gemm:.1f} ms in "
-          f"products, {copies:.1f} ms around them)")
+    print("(percentages: GFLOP/s of that product, counting the multiplications it really does, against the "
+          "GEMM ceiling.\n Winograd layers multiply 16 transformed 4x4 tiles instead of 36 products per 2x2 "
+          "outputs: 2.25x fewer FLOPs than im2col for the same convolution.)")
+    print(f"all convolutions: {gemm:.1f} ms in products, {copies:.1f} ms around them")
+    if step_ms and other_ms is not None:
+        outside = copies + other_ms
+        print(f"outside the products (around the convolutions' products + every other layer, loss and optimizer): "
+              f"{outside:.1f} ms = {100 * outside / step_ms:.0f}% of the {step_ms:.1f} ms step")
 
 
 if __name__ == "__main__":

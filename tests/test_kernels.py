@@ -70,9 +70,9 @@ def winograd_conv(x, wt, dy, padding):
     W.kernel_transform(wt, u)
     W.input_transform(x, ph, pw, th, tw, v)
     y = np.empty((n, oh, ow, f), dtype=x.dtype)
-    W.output_transform(v @ u, th, tw, y)
+    W.output_transform(v @ u, th, tw, np.zeros(f, dtype=x.dtype), False, y)
     dm = np.empty((16, n * th * tw, f), dtype=x.dtype)
-    W.output_transform_backward(dy, th, tw, dm)
+    W.output_transform_backward(dy, y, False, th, tw, dm, np.empty((n * th, f)))
     dw = np.empty_like(wt)
     W.kernel_transform_backward(v.transpose(0, 2, 1) @ dm, dw)
     dx = np.empty_like(x)
@@ -114,6 +114,34 @@ def test_winograd_reference_twin_matches_direct_loops(h, w, padding):
                                rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("serial", [False, True])
+def test_winograd_output_transform_fuses_bias_relu_and_the_bias_gradient(dtype, serial):
+    # y = relu(A^T M A + b); backward from dy: dM from dz = dy * (y > 0), and sum(dz) by tile row.
+    oh, ow, f = 7, 5, 6                         # odd: edge tiles take the patch path
+    th, tw = W.tile_grid(oh, ow)
+    m = rand((16, 3 * th * tw, f), dtype, 1)
+    bias = rand((f,), dtype, 2)
+    plain = np.empty((3, oh, ow, f), dtype=dtype)
+    W.output_transform(m, th, tw, np.zeros(f, dtype=dtype), False, plain)
+    fused = np.empty_like(plain)
+    (W.output_transform_serial if serial else W.output_transform)(m, th, tw, bias, True, fused)
+    expected = R.relu(plain + bias)
+    np.testing.assert_allclose(fused, expected, **tol(dtype))
+    assert (fused == 0).mean() > 0.2            # the ReLU really cut something
+
+    dy = rand(plain.shape, dtype, 3)
+    dz = R.relu_backward(dy, expected)
+    dm_ref = np.empty_like(m)
+    W.output_transform_backward(dz, dz, False, th, tw, dm_ref, np.empty((3 * th, f)))
+    dm = np.empty_like(m)
+    db_rows = np.full((3 * th, f), np.nan)      # must be overwritten, not added to
+    (W.output_transform_backward_serial if serial else W.output_transform_backward)(
+        dy, fused, True, th, tw, dm, db_rows)
+    np.testing.assert_allclose(dm, dm_ref, **tol(dtype))
+    np.testing.assert_allclose(db_rows.sum(axis=0), dz.sum(axis=(0, 1, 2)), **tol(dtype))
+
+
 def test_winograd_transforms_are_adjoints():
     # <T(a), b> == <a, T*(b)> for each transform and its backward: the gradient is exact.
     x = rand((2, 7, 5, 3), np.float64)
@@ -128,10 +156,10 @@ def test_winograd_transforms_are_adjoints():
 
     m = rand((16, 2 * th * tw, 4), np.float64, 4)
     y = np.empty((2, oh, ow, 4))
-    W.output_transform(m, th, tw, y)
+    W.output_transform(m, th, tw, np.zeros(4), False, y)
     dy = rand(y.shape, np.float64, 5)
     dm = np.empty_like(m)
-    W.output_transform_backward(dy, th, tw, dm)
+    W.output_transform_backward(dy, y, False, th, tw, dm, np.empty((2 * th, 4)))
     assert np.isclose(np.sum(y * dy), np.sum(m * dm), rtol=1e-12)
 
     wt = rand((3, 3, 3, 4), np.float64, 6)

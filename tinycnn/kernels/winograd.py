@@ -48,25 +48,25 @@ def kernel_transform(w, u):
     """``U = G g G^T`` for every (input channel, filter) pair.
 
     w : ndarray (3, 3, C, F) (Keras layout); u : ndarray (16, C, F), written.
+    The loops over filters are innermost: contiguous on both sides, so they vectorise.
     """
     _, _, c, f = w.shape
     for ch in prange(c):
-        for k in range(f):
-            # rows: G g  (4 x 3)
-            t = np.empty((4, 3), dtype=w.dtype)
-            for b in range(3):
+        t = np.empty((4, 3, f), dtype=w.dtype)
+        for b in range(3):  # rows: t = G g  (4 x 3)
+            for k in range(f):
                 g0 = w[0, b, ch, k]
                 g1 = w[1, b, ch, k]
                 g2 = w[2, b, ch, k]
-                t[0, b] = g0
-                t[1, b] = 0.5 * (g0 + g1 + g2)
-                t[2, b] = 0.5 * (g0 - g1 + g2)
-                t[3, b] = g2
-            # columns: (G g) G^T  (4 x 4)
-            for xi in range(4):
-                g0 = t[xi, 0]
-                g1 = t[xi, 1]
-                g2 = t[xi, 2]
+                t[0, b, k] = g0
+                t[1, b, k] = 0.5 * (g0 + g1 + g2)
+                t[2, b, k] = 0.5 * (g0 - g1 + g2)
+                t[3, b, k] = g2
+        for xi in range(4):  # columns: U = t G^T  (4 x 4)
+            for k in range(f):
+                g0 = t[xi, 0, k]
+                g1 = t[xi, 1, k]
+                g2 = t[xi, 2, k]
                 u[xi * 4 + 0, ch, k] = g0
                 u[xi * 4 + 1, ch, k] = 0.5 * (g0 + g1 + g2)
                 u[xi * 4 + 2, ch, k] = 0.5 * (g0 - g1 + g2)
@@ -81,21 +81,22 @@ def kernel_transform_backward(du, dw):
     """
     _, c, f = du.shape
     for ch in prange(c):
-        for k in range(f):
-            t = np.empty((4, 3), dtype=dw.dtype)
-            for xi in range(4):
+        t = np.empty((4, 3, f), dtype=dw.dtype)
+        for xi in range(4):  # columns: t = dU G
+            for k in range(f):
                 d0 = du[xi * 4 + 0, ch, k]
                 d1 = du[xi * 4 + 1, ch, k]
                 d2 = du[xi * 4 + 2, ch, k]
                 d3 = du[xi * 4 + 3, ch, k]
-                t[xi, 0] = d0 + 0.5 * (d1 + d2)
-                t[xi, 1] = 0.5 * (d1 - d2)
-                t[xi, 2] = 0.5 * (d1 + d2) + d3
-            for b in range(3):
-                d0 = t[0, b]
-                d1 = t[1, b]
-                d2 = t[2, b]
-                d3 = t[3, b]
+                t[xi, 0, k] = d0 + 0.5 * (d1 + d2)
+                t[xi, 1, k] = 0.5 * (d1 - d2)
+                t[xi, 2, k] = 0.5 * (d1 + d2) + d3
+        for b in range(3):  # rows: dW = G^T t
+            for k in range(f):
+                d0 = t[0, b, k]
+                d1 = t[1, b, k]
+                d2 = t[2, b, k]
+                d3 = t[3, b, k]
                 dw[0, b, ch, k] = d0 + 0.5 * (d1 + d2)
                 dw[1, b, ch, k] = 0.5 * (d1 - d2)
                 dw[2, b, ch, k] = 0.5 * (d1 + d2) + d3
@@ -292,8 +293,18 @@ def input_transform_backward_serial(dv, ph, pw, th, tw, dx):
 
 
 @njit(inline="always")
-def _output_tile(m, row, dst, oi, oj):
-    """``A^T M A`` of one tile, all filters, into the 2x2 block of ``dst`` (OH, OW, F) at ``(oi, oj)``.
+def _finish(v, b, relu):
+    """The layer's epilogue, fused into the output transform: ``v + b``, then ReLU if asked."""
+    v = v + b
+    if relu and v < 0:
+        return np.float32(0)  # float32, so that float32 data are not promoted to float64
+    return v
+
+
+@njit(inline="always")
+def _output_tile(m, row, bias, relu, dst, oi, oj):
+    """``A^T M A`` of one tile, all filters, plus bias and ReLU, into the 2x2 block of ``dst``
+    (OH, OW, F) at ``(oi, oj)``.
 
     Row 0 of ``A^T M`` is M0 + M1 + M2, row 1 is M1 - M2 - M3 (M_xi = row xi of the 4x4 tile);
     each row ``s`` then gives the two outputs ``(s0 + s1 + s2, s1 - s2 - s3)``.
@@ -304,19 +315,19 @@ def _output_tile(m, row, dst, oi, oj):
         s1 = m[1, row, k] + m[5, row, k] + m[9, row, k]
         s2 = m[2, row, k] + m[6, row, k] + m[10, row, k]
         s3 = m[3, row, k] + m[7, row, k] + m[11, row, k]
-        dst[oi, oj, k] = s0 + s1 + s2
-        dst[oi, oj + 1, k] = s1 - s2 - s3
+        dst[oi, oj, k] = _finish(s0 + s1 + s2, bias[k], relu)
+        dst[oi, oj + 1, k] = _finish(s1 - s2 - s3, bias[k], relu)
     for k in range(f):
         s0 = m[4, row, k] - m[8, row, k] - m[12, row, k]
         s1 = m[5, row, k] - m[9, row, k] - m[13, row, k]
         s2 = m[6, row, k] - m[10, row, k] - m[14, row, k]
         s3 = m[7, row, k] - m[11, row, k] - m[15, row, k]
-        dst[oi + 1, oj, k] = s0 + s1 + s2
-        dst[oi + 1, oj + 1, k] = s1 - s2 - s3
+        dst[oi + 1, oj, k] = _finish(s0 + s1 + s2, bias[k], relu)
+        dst[oi + 1, oj + 1, k] = _finish(s1 - s2 - s3, bias[k], relu)
 
 
 @njit(inline="always")
-def _output_transform_row(m, th, tw, y, t, patch):
+def _output_transform_row(m, th, tw, bias, relu, y, t, patch):
     """Output transform of tile row ``t``; edge tiles go through the 2x2 ``patch`` (2, 2, F)."""
     _, oh, ow, f = y.shape
     n = t // th
@@ -325,9 +336,9 @@ def _output_transform_row(m, th, tw, y, t, patch):
         oj = 2 * tj
         row = t * tw + tj
         if oi + 2 <= oh and oj + 2 <= ow:
-            _output_tile(m, row, y[n], oi, oj)
+            _output_tile(m, row, bias, relu, y[n], oi, oj)
             continue
-        _output_tile(m, row, patch, 0, 0)
+        _output_tile(m, row, bias, relu, patch, 0, 0)
         for i in range(min(2, oh - oi)):
             for j in range(min(2, ow - oj)):
                 for k in range(f):
@@ -335,36 +346,46 @@ def _output_transform_row(m, th, tw, y, t, patch):
 
 
 @njit(parallel=True, cache=True)
-def output_transform(m, th, tw, y):
-    """``y = A^T M A`` for every tile and filter; outputs past an odd edge are dropped.
+def output_transform(m, th, tw, bias, relu, y):
+    """``y = A^T M A + bias`` (then ReLU if ``relu``) for every tile and filter; outputs past an odd
+    edge are dropped.
 
-    m : ndarray (16, R, F) with R >= N*th*tw; y : ndarray (N, OH, OW, F), written.
+    m : ndarray (16, R, F) with R >= N*th*tw; bias : ndarray (F,) (zeros for none); relu : bool;
+    y : ndarray (N, OH, OW, F), written.
     """
     for t in prange(y.shape[0] * th):
-        _output_transform_row(m, th, tw, y, t, np.empty((2, 2, y.shape[3]), dtype=y.dtype))
+        _output_transform_row(m, th, tw, bias, relu, y, t, np.empty((2, 2, y.shape[3]), dtype=y.dtype))
 
 
 @njit(nogil=True, cache=True)
-def output_transform_serial(m, th, tw, y):
+def output_transform_serial(m, th, tw, bias, relu, y):
     """:func:`output_transform` in the calling thread, without holding the GIL."""
     patch = np.empty((2, 2, y.shape[3]), dtype=y.dtype)
     for t in range(y.shape[0] * th):
-        _output_transform_row(m, th, tw, y, t, patch)
+        _output_transform_row(m, th, tw, bias, relu, y, t, patch)
 
 
 @njit(inline="always")
-def _output_tile_backward(src, oi, oj, dm, row):
-    """Adjoint of :func:`_output_tile`: ``dM = A dY A^T`` from the 2x2 block of ``src`` at ``(oi, oj)``.
+def _output_tile_backward(src, ysrc, relu, oi, oj, dm, row, db):
+    """Adjoint of :func:`_output_tile`: ``dM = A dZ A^T`` from the 2x2 block at ``(oi, oj)``, with
+    ``dZ = src`` or, behind a ReLU, ``src * (ysrc > 0)``; also adds the block's sum to ``db`` (the
+    bias gradient).
 
-    Each output row ``g`` of dY gives ``e = g A^T = (g0, g0 + g1, g0 - g1, -g1)``; the rows of
+    Each output row ``g`` of dZ gives ``e = g A^T = (g0, g0 + g1, g0 - g1, -g1)``; the rows of
     ``dM`` are then e_0, e_0 + e_1, e_0 - e_1 and -e_1.
     """
     f = src.shape[2]
+    zero = np.float32(0)  # float32, so that float32 data are not promoted to float64
     for k in range(f):  # rows xi = 0, 1 of dM
         g0 = src[oi, oj, k]
         g1 = src[oi, oj + 1, k]
         h0 = src[oi + 1, oj, k]
         h1 = src[oi + 1, oj + 1, k]
+        if relu:
+            g0 = g0 if ysrc[oi, oj, k] > 0 else zero
+            g1 = g1 if ysrc[oi, oj + 1, k] > 0 else zero
+            h0 = h0 if ysrc[oi + 1, oj, k] > 0 else zero
+            h1 = h1 if ysrc[oi + 1, oj + 1, k] > 0 else zero
         dm[0, row, k] = g0
         dm[1, row, k] = g0 + g1
         dm[2, row, k] = g0 - g1
@@ -373,11 +394,17 @@ def _output_tile_backward(src, oi, oj, dm, row):
         dm[5, row, k] = (g0 + g1) + (h0 + h1)
         dm[6, row, k] = (g0 - g1) + (h0 - h1)
         dm[7, row, k] = -g1 - h1
+        db[k] += (g0 + g1) + (h0 + h1)
     for k in range(f):  # rows xi = 2, 3
         g0 = src[oi, oj, k]
         g1 = src[oi, oj + 1, k]
         h0 = src[oi + 1, oj, k]
         h1 = src[oi + 1, oj + 1, k]
+        if relu:
+            g0 = g0 if ysrc[oi, oj, k] > 0 else zero
+            g1 = g1 if ysrc[oi, oj + 1, k] > 0 else zero
+            h0 = h0 if ysrc[oi + 1, oj, k] > 0 else zero
+            h1 = h1 if ysrc[oi + 1, oj + 1, k] > 0 else zero
         dm[8, row, k] = g0 - h0
         dm[9, row, k] = (g0 + g1) - (h0 + h1)
         dm[10, row, k] = (g0 - g1) - (h0 - h1)
@@ -389,38 +416,54 @@ def _output_tile_backward(src, oi, oj, dm, row):
 
 
 @njit(inline="always")
-def _output_transform_backward_row(dy, th, tw, dm, t, patch):
-    """Output-transform adjoint of tile row ``t``; edge tiles read a zero-padded 2x2 ``patch``."""
+def _output_transform_backward_row(dy, y, relu, th, tw, dm, db_rows, t, patch):
+    """Output-transform adjoint of tile row ``t``, from ``dZ = dY * (y > 0)`` (ReLU) or ``dY``.
+
+    Tiles inside the image read ``dY`` (and ``y``) in place; edge tiles first gather the masked,
+    zero-padded 2x2 block into ``patch``. The row's bias-gradient sum is accumulated in the data's
+    own dtype, then stored in ``db_rows[t]``.
+    """
     _, oh, ow, f = dy.shape
     n = t // th
     oi = 2 * (t % th)
+    db = np.zeros(f, dtype=dy.dtype)
     for tj in range(tw):
         oj = 2 * tj
         row = t * tw + tj
         if oi + 2 <= oh and oj + 2 <= ow:
-            _output_tile_backward(dy[n], oi, oj, dm, row)
+            _output_tile_backward(dy[n], y[n], relu, oi, oj, dm, row, db)
             continue
-        patch[...] = 0
-        for i in range(min(2, oh - oi)):
-            for j in range(min(2, ow - oj)):
-                for k in range(f):
-                    patch[i, j, k] = dy[n, oi + i, oj + j, k]
-        _output_tile_backward(patch, 0, 0, dm, row)
+        for i in range(2):
+            for j in range(2):
+                if oi + i < oh and oj + j < ow:
+                    for k in range(f):
+                        g = dy[n, oi + i, oj + j, k]
+                        patch[i, j, k] = g if not relu or y[n, oi + i, oj + j, k] > 0 else np.float32(0)
+                else:
+                    patch[i, j, :] = 0
+        _output_tile_backward(patch, patch, False, 0, 0, dm, row, db)
+    for k in range(f):
+        db_rows[t, k] = db[k]
 
 
 @njit(parallel=True, cache=True)
-def output_transform_backward(dy, th, tw, dm):
-    """Adjoint of :func:`output_transform`: ``dM = A dY A^T`` per tile (dY zero past an odd edge).
+def output_transform_backward(dy, y, relu, th, tw, dm, db_rows):
+    """Adjoint of :func:`output_transform`: ``dM = A dZ A^T`` per tile (dZ zero past an odd edge),
+    with ``dZ = dY * (y > 0)`` if ``relu`` else ``dY``; and the bias gradient, by tile row.
 
-    dy : ndarray (N, OH, OW, F); dm : ndarray (16, R, F) with R >= N*th*tw, written.
+    dy, y : ndarray (N, OH, OW, F) (``y``: the layer's output, read only if ``relu``);
+    dm : ndarray (16, R, F) with R >= N*th*tw, written;
+    db_rows : ndarray (N*th, F) float64, written: row t holds the sum of dZ over tile row t, so that
+    ``db_rows.sum(axis=0)`` is the bias gradient whatever the thread count or batch split.
     """
     for t in prange(dy.shape[0] * th):
-        _output_transform_backward_row(dy, th, tw, dm, t, np.empty((2, 2, dy.shape[3]), dtype=dy.dtype))
+        _output_transform_backward_row(dy, y, relu, th, tw, dm, db_rows, t,
+                                       np.empty((2, 2, dy.shape[3]), dtype=dy.dtype))
 
 
 @njit(nogil=True, cache=True)
-def output_transform_backward_serial(dy, th, tw, dm):
+def output_transform_backward_serial(dy, y, relu, th, tw, dm, db_rows):
     """:func:`output_transform_backward` in the calling thread, without holding the GIL."""
     patch = np.empty((2, 2, dy.shape[3]), dtype=dy.dtype)
     for t in range(dy.shape[0] * th):
-        _output_transform_backward_row(dy, th, tw, dm, t, patch)
+        _output_transform_backward_row(dy, y, relu, th, tw, dm, db_rows, t, patch)

@@ -124,12 +124,28 @@ class Conv2D(ActivatedLayer):
         y = self._buffer("y", (n, oh, ow, f))
         y2d = y.reshape(-1, f)
         self._x = x
+        if self.algorithm == "winograd" and self._fused_epilogue():
+            # bias and ReLU are applied inside the output transform: no extra pass over y
+            self._winograd_forward(x, y, self.activation.name == "relu")
+            self.logits = None if self.activation.name == "relu" else y2d
+            self._y2d = y2d
+            return y
         if self.algorithm == "winograd":
-            self._winograd_forward(x, y)
+            self._winograd_forward(x, y, relu=False, with_bias=False)
         else:
             self._im2col_forward(x, y2d)
         self._y2d = self._activate(y2d)
         return self._y2d.reshape(n, oh, ow, f)
+
+    def _fused_epilogue(self):
+        return self.activation.name in ("relu", "linear")
+
+    def backward(self, grad_out):
+        if self.algorithm == "winograd" and self._fused_epilogue():
+            # the ReLU mask and the bias gradient are taken inside the output transform's adjoint
+            dy2d = np.ascontiguousarray(grad_out).reshape(-1, self.filters)
+            return self._winograd_backward(dy2d, relu=self.activation.name == "relu", bias_grad=self.use_bias)
+        return super().backward(grad_out)
 
     def _im2col_forward(self, x, y2d):
         """``y2d = im2col(x) @ W`` chunk by chunk (no bias/activation)."""
@@ -149,7 +165,7 @@ class Conv2D(ActivatedLayer):
 
     def _linear_backward(self, dz2d):
         if self.algorithm == "winograd":
-            return self._winograd_backward(dz2d)
+            return self._winograd_backward(dz2d, relu=False, bias_grad=False)
         x = self._x
         n = x.shape[0]
         oh, ow, f = self.output_shape
@@ -216,10 +232,16 @@ class Conv2D(ActivatedLayer):
         return (self._buffer(f"wino_v{slot}", (16, rows, self.input_shape[2])),
                 self._buffer(f"wino_m{slot}", (16, rows, self.output_shape[2])))
 
-    def _winograd_forward(self, x, y):
-        """``y = conv(x)`` without bias/activation: per chunk, V = B^T d B, M = V @ U, y = A^T M A."""
+    def _winograd_forward(self, x, y, relu, with_bias=True):
+        """``y = conv(x) + bias`` (then ReLU if ``relu``): per chunk, V = B^T d B, M = V @ U,
+        y = A^T M A + bias."""
         th, tw, step, u = self._winograd_plan(x.shape[0])
         ph, pw = self._pad_h, self._pad_w
+        if with_bias and self.use_bias:
+            bias = self.params["bias"]
+        else:
+            bias = self._buffer("zero_bias", (self.filters,))
+            bias[...] = 0
 
         def work(lo, hi, slot, serial):
             v, m = self._winograd_buffers(slot, step, th, tw)
@@ -230,19 +252,22 @@ class Conv2D(ActivatedLayer):
                 rows = (n1 - n0) * th * tw
                 inp(x[n0:n1], ph, pw, th, tw, v)
                 np.matmul(v[:, :rows], u, out=m[:, :rows])
-                out(m, th, tw, y[n0:n1])
+                out(m, th, tw, bias, relu, y[n0:n1])
 
         split_batch(x.shape[0], work)
 
-    def _winograd_backward(self, dz2d):
-        """dM = A dZ A^T; dU = V^T @ dM (-> dW = G^T dU G); dV = dM @ U^T (-> dx = B dV B^T)."""
+    def _winograd_backward(self, dy2d, relu, bias_grad):
+        """dZ = dY * (y > 0) if ``relu``; dM = A dZ A^T (with the bias gradient); dU = V^T @ dM
+        (-> dW = G^T dU G); dV = dM @ U^T (-> dx = B dV B^T)."""
         x = self._x
         n = x.shape[0]
         oh, ow, f = self.output_shape
-        dz = dz2d.reshape(n, oh, ow, f)
+        dy = dy2d.reshape(n, oh, ow, f)
+        y = self._y2d.reshape(n, oh, ow, f) if relu else dy
         th, tw, step, u = self._winograd_plan(n)
         ph, pw = self._pad_h, self._pad_w
         dx = self._buffer("dx", x.shape) if self.input_grad_needed else None
+        db_rows = self._buffer("wino_db_rows", (n * th, f), np.float64)
         du_parts = {}
 
         def work(lo, hi, slot, serial):
@@ -255,7 +280,7 @@ class Conv2D(ActivatedLayer):
             for n0 in range(lo, hi, step):
                 n1 = min(hi, n0 + step)
                 rows = (n1 - n0) * th * tw
-                out_back(dz[n0:n1], th, tw, m)
+                out_back(dy[n0:n1], y[n0:n1], relu, th, tw, m, db_rows[n0 * th:n1 * th])
                 inp(x[n0:n1], ph, pw, th, tw, v)
                 np.matmul(v[:, :rows].transpose(0, 2, 1), m[:, :rows], out=du if n0 == lo else part)
                 if n0 > lo:
@@ -271,6 +296,9 @@ class Conv2D(ActivatedLayer):
         for slot in range(1, len(du_parts)):  # in slot order: the same sum on every run
             du += du_parts[slot]
         WG.kernel_transform_backward(du, self.grads["kernel"])
+        if bias_grad:
+            # one row per tile row of the batch, summed in one fixed order: independent of the split
+            self.grads["bias"][...] = db_rows.sum(axis=0)
         self._x = None
         return dx
 
