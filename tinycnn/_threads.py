@@ -1,15 +1,26 @@
 """Threading arrangement, decided once at import time.
 
-The convolution products run in OpenBLAS's threads and everything around them in Numba's
-``prange`` loops. Numba's OpenMP layer keeps its workers spinning after a parallel loop ends, and
-those spinning workers steal the cores from the very next BLAS call (measured on a 2-core machine:
-chunked im2col + GEMM ran 3-8x slower). The ``workqueue`` layer parks its workers instead, so the two
-pools take turns. We therefore pick ``workqueue`` unless the user chose a layer explicitly with the
-``NUMBA_THREADING_LAYER`` environment variable.
+Two pools of threads serve tinycnn: Numba's (the ``prange`` loops of batch norm, pooling, dropout,
+the optimizer) and the BLAS's (matrix products). Both spin for a while after finishing, to be
+ready for the next call, and a spinning thread steals its core from whatever runs next:
+
+* Numba's OpenMP layer slowed the following BLAS call 3-8x on a 2-core machine. The ``workqueue``
+  layer parks its workers instead, so we pick it unless the user chose a layer with the
+  ``NUMBA_THREADING_LAYER`` environment variable.
+* OpenBLAS's idle workers spin (yielding) for about 0.1 s after each threaded product. Every Numba
+  kernel between two products (im2col, Winograd transforms, batch norm, pooling) then shared the
+  cores with them: one training step took 300 ms, against 198 ms with ``OPENBLAS_THREAD_TIMEOUT=4``
+  (workers sleep at once). That variable only works before NumPy loads OpenBLAS, so Conv2D and
+  Dense use :func:`split_batch` instead: each thread takes a slice of the batch and runs the whole
+  chunk loop on it (serial Numba kernels that release the GIL, and single-threaded BLAS), so
+  OpenBLAS's own workers never wake. Each thread's data also stays in its own core's cache.
 
 This module must be imported before any parallel kernel first runs; ``tinycnn/__init__.py`` does so.
 """
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numba
 
@@ -17,18 +28,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 
-# --- splitting a batch over threads ---------------------------------------------------------------
-#
-# A Winograd convolution alternates small BLAS products with Numba transforms, chunk after chunk.
-# With OpenBLAS threaded, its workers keep spinning (yielding) for a while after each product, and
-# the next transform then shares the cores with them: the transforms ran at about half speed inside
-# the layer compared with alone. Instead, each thread takes its own slice of the batch and runs the
-# whole chunk loop on it, transforms *and* products, with BLAS single-threaded in the meantime: no
-# hand-over between pools at all, and each thread's data stays in its own core's cache.
-
-import threading  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+# --- splitting a batch over threads (see the module docstring) -------------------------------------
 
 _pool = None
 _pool_size = 0
