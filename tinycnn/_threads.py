@@ -61,17 +61,22 @@ def _single_threaded_blas(controllers):
                 c.set_num_threads(n)
 
 
+def thread_count():
+    """Threads tinycnn works with: Numba's setting (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``)."""
+    return numba.get_num_threads()
+
+
 def split_batch(n, work):
     """Run ``work(lo, hi, slot, serial)`` over the batch ``range(n)``.
 
-    With several threads (``numba.get_num_threads()``), a controllable BLAS and at least two
+    With several threads (:func:`thread_count`), a controllable BLAS and at least two
     images, the batch is cut into contiguous slices, one per thread (slot 0 in the calling
     thread), BLAS runs single-threaded meanwhile, and ``serial=True`` asks ``work`` for the
     serial kernels. Otherwise ``work(0, n, 0, False)`` runs here with the parallel kernels and
     threaded BLAS. Exceptions in a slice are raised here.
     """
     global _pool, _pool_size
-    threads = min(numba.get_num_threads(), n)
+    threads = min(thread_count(), n)
     controllers = _blas_controllers() if threads > 1 else []
     if threads <= 1 or not controllers:
         work(0, n, 0, False)
