@@ -217,7 +217,7 @@ def test_pooling_matches_reference(dtype, pool, strides, padding, shape):
     np.testing.assert_array_equal(y, R.maxpool_forward(x, pool, strides, padding))
     dy = rand(y.shape, dtype, 1)
     dx = np.empty_like(x)
-    P.maxpool_backward(dy, arg, dx)
+    P.maxpool_backward(dy, arg, *pool, *strides, pt, pl, dx)
     np.testing.assert_allclose(dx, R.maxpool_backward(x, dy, pool, strides, padding), **tol(dtype))
 
     P.avgpool_forward(x, *pool, *strides, pt, pl, y)
@@ -232,7 +232,7 @@ def test_maxpool_ties_go_to_the_first_element():
     arg = np.empty((1, 1, 1, 1), dtype=np.int32)
     P.maxpool_forward(x, 2, 2, 2, 2, 0, 0, y, arg)
     dx = np.empty_like(x)
-    P.maxpool_backward(np.ones_like(y), arg, dx)
+    P.maxpool_backward(np.ones_like(y), arg, 2, 2, 2, 2, 0, 0, dx)
     assert dx.reshape(-1).tolist() == [1, 0, 0, 0]
 
 

@@ -1,13 +1,14 @@
 """Pooling kernels, NHWC, each beside its gradient.
 
 Max pooling keeps, for every output, the flat index ``h * W + w`` of the input that won, so that the
-backward pass is a scatter: ``dx[winner] += dy``. Ties go to the first element in row-major window
+backward pass sends each output's gradient to that input only: ``dx[winner] += dy``. Ties go to the first element in row-major window
 order. Windows that reach into ``'same'`` padding ignore the padded positions (TensorFlow's rule):
 for max pooling they never win, for average pooling they are not counted in the divisor.
 
 Backward passes are parallel over images only: within one image, overlapping windows (stride smaller
 than the pool) may send gradient to the same input, so that part stays sequential and race-free.
 """
+import numpy as np
 from numba import njit, prange
 
 
@@ -48,17 +49,32 @@ def maxpool_forward(x, ph, pw, sh, sw, pt, pl, y, argmax):
 
 
 @njit(parallel=True, cache=True)
-def maxpool_backward(dy, argmax, dx):
-    """dy, argmax : (N, OH, OW, C); dx : (N, H, W, C), overwritten."""
+def maxpool_backward(dy, argmax, ph, pw, sh, sw, pt, pl, dx):
+    """Each window's gradient goes to the input that won it.
+
+    dy, argmax : (N, OH, OW, C); dx : (N, H, W, C), overwritten.
+    Walks each window (as the forward did) and adds ``dy`` where ``argmax`` names that position:
+    a compare-and-select over the channels, which vectorises, where scattering to ``argmax``
+    would need an integer division per element and could not.
+    """
     n_img, oh, ow, c = dy.shape
-    w = dx.shape[2]
+    h, w = dx.shape[1], dx.shape[2]
     for n in prange(n_img):
         dx[n] = 0
         for i in range(oh):
             for j in range(ow):
-                for ch in range(c):
-                    idx = argmax[n, i, j, ch]
-                    dx[n, idx // w, idx % w, ch] += dy[n, i, j, ch]
+                for a in range(ph):
+                    hi = i * sh - pt + a
+                    if hi < 0 or hi >= h:
+                        continue
+                    for b in range(pw):
+                        wi = j * sw - pl + b
+                        if wi < 0 or wi >= w:
+                            continue
+                        idx = hi * w + wi
+                        for ch in range(c):
+                            g = dy[n, i, j, ch] if argmax[n, i, j, ch] == idx else np.float32(0)
+                            dx[n, hi, wi, ch] += g
 
 
 @njit(parallel=True, cache=True)

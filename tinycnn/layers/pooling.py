@@ -57,7 +57,7 @@ class MaxPooling2D(_Pooling2D):
 
     def backward(self, grad_out):
         dx = self._buffer("dx", (grad_out.shape[0],) + self.input_shape)
-        K.maxpool_backward(np.ascontiguousarray(grad_out), self._argmax, dx)
+        K.maxpool_backward(np.ascontiguousarray(grad_out), self._argmax, *self._args(), dx)
         return dx
 
 
