@@ -43,15 +43,16 @@ def tile_grid(out_h, out_w):
     return (out_h + 1) // 2, (out_w + 1) // 2
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def kernel_transform(w, u):
     """``U = G g G^T`` for every (input channel, filter) pair.
 
     w : ndarray (3, 3, C, F) (Keras layout); u : ndarray (16, C, F), written.
-    The loops over filters are innermost: contiguous on both sides, so they vectorise.
+    The loops over filters are innermost: contiguous on both sides, so they vectorise. Serial: it
+    takes under a millisecond for the largest layer, and a parallel version took seconds to compile.
     """
     _, _, c, f = w.shape
-    for ch in prange(c):
+    for ch in range(c):
         t = np.empty((4, 3, f), dtype=w.dtype)
         for b in range(3):  # rows: t = G g  (4 x 3)
             for k in range(f):
@@ -73,14 +74,14 @@ def kernel_transform(w, u):
                 u[xi * 4 + 3, ch, k] = g2
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def kernel_transform_backward(du, dw):
-    """Adjoint of :func:`kernel_transform`: ``dW = G^T dU G``.
+    """Adjoint of :func:`kernel_transform`: ``dW = G^T dU G`` (serial, as the forward).
 
     du : ndarray (16, C, F); dw : ndarray (3, 3, C, F), written.
     """
     _, c, f = du.shape
-    for ch in prange(c):
+    for ch in range(c):
         t = np.empty((4, 3, f), dtype=dw.dtype)
         for xi in range(4):  # columns: t = dU G
             for k in range(f):
@@ -145,20 +146,21 @@ def _input_transform_row(x, ph, pw, th, tw, v, t, patch):
     _, h, w, c = x.shape
     n = t // th
     h0 = 2 * (t % th) - ph
+    image = x[n]
     for tj in range(tw):
         w0 = 2 * tj - pw
-        row = t * tw + tj
-        if h0 >= 0 and h0 + 4 <= h and w0 >= 0 and w0 + 4 <= w:
-            _input_tile(x[n], h0, w0, v, row)
-            continue
-        for p in range(4):
-            for q in range(4):
-                hi = h0 + p
-                wi = w0 + q
-                inside = hi >= 0 and hi < h and wi >= 0 and wi < w
-                for ch in range(c):
-                    patch[p, q, ch] = x[n, hi, wi, ch] if inside else 0
-        _input_tile(patch, 0, 0, v, row)
+        src, hs, ws = image, h0, w0
+        if not (h0 >= 0 and h0 + 4 <= h and w0 >= 0 and w0 + 4 <= w):
+            for p in range(4):
+                for q in range(4):
+                    hi = h0 + p
+                    wi = w0 + q
+                    inside = hi >= 0 and hi < h and wi >= 0 and wi < w
+                    for ch in range(c):
+                        patch[p, q, ch] = x[n, hi, wi, ch] if inside else 0
+            src, hs, ws = patch, 0, 0
+        # one call site, so the transform is compiled (inlined) once
+        _input_tile(src, hs, ws, v, t * tw + tj)
 
 
 @njit(parallel=True, cache=True)
@@ -245,18 +247,20 @@ def _input_transform_backward_row(dv, ph, pw, th, tw, dx, s, parity, patch):
     if ti >= th:
         return
     h0 = 2 * ti - ph
+    image = dx[n]
     for tj in range(tw):
         w0 = 2 * tj - pw
-        row = (n * th + ti) * tw + tj
-        if h0 >= 0 and h0 + 4 <= h and w0 >= 0 and w0 + 4 <= w:
-            _input_tile_backward(dv, row, dx[n], h0, w0)
-            continue
-        patch[...] = 0
-        _input_tile_backward(dv, row, patch, 0, 0)
-        for p in range(max(0, -h0), min(4, h - h0)):
-            for q in range(max(0, -w0), min(4, w - w0)):
-                for ch in range(c):
-                    dx[n, h0 + p, w0 + q, ch] += patch[p, q, ch]
+        interior = h0 >= 0 and h0 + 4 <= h and w0 >= 0 and w0 + 4 <= w
+        dst, hs, ws = image, h0, w0
+        if not interior:
+            patch[...] = 0
+            dst, hs, ws = patch, 0, 0
+        _input_tile_backward(dv, (n * th + ti) * tw + tj, dst, hs, ws)  # one call site: inlined once
+        if not interior:
+            for p in range(max(0, -h0), min(4, h - h0)):
+                for q in range(max(0, -w0), min(4, w - w0)):
+                    for ch in range(c):
+                        dx[n, h0 + p, w0 + q, ch] += patch[p, q, ch]
 
 
 @njit(parallel=True, cache=True)
@@ -332,17 +336,17 @@ def _output_transform_row(m, th, tw, bias, relu, y, t, patch):
     _, oh, ow, f = y.shape
     n = t // th
     oi = 2 * (t % th)
+    image = y[n]
     for tj in range(tw):
         oj = 2 * tj
-        row = t * tw + tj
-        if oi + 2 <= oh and oj + 2 <= ow:
-            _output_tile(m, row, bias, relu, y[n], oi, oj)
-            continue
-        _output_tile(m, row, bias, relu, patch, 0, 0)
-        for i in range(min(2, oh - oi)):
-            for j in range(min(2, ow - oj)):
-                for k in range(f):
-                    y[n, oi + i, oj + j, k] = patch[i, j, k]
+        interior = oi + 2 <= oh and oj + 2 <= ow
+        dst, i0, j0 = (image, oi, oj) if interior else (patch, 0, 0)
+        _output_tile(m, t * tw + tj, bias, relu, dst, i0, j0)  # one call site: inlined once
+        if not interior:
+            for i in range(min(2, oh - oi)):
+                for j in range(min(2, ow - oj)):
+                    for k in range(f):
+                        y[n, oi + i, oj + j, k] = patch[i, j, k]
 
 
 @njit(parallel=True, cache=True)
@@ -427,21 +431,21 @@ def _output_transform_backward_row(dy, y, relu, th, tw, dm, db_rows, t, patch):
     n = t // th
     oi = 2 * (t % th)
     db = np.zeros(f, dtype=dy.dtype)
+    grad, out = dy[n], y[n]
     for tj in range(tw):
         oj = 2 * tj
-        row = t * tw + tj
-        if oi + 2 <= oh and oj + 2 <= ow:
-            _output_tile_backward(dy[n], y[n], relu, oi, oj, dm, row, db)
-            continue
-        for i in range(2):
-            for j in range(2):
-                if oi + i < oh and oj + j < ow:
-                    for k in range(f):
-                        g = dy[n, oi + i, oj + j, k]
-                        patch[i, j, k] = g if not relu or y[n, oi + i, oj + j, k] > 0 else np.float32(0)
-                else:
-                    patch[i, j, :] = 0
-        _output_tile_backward(patch, patch, False, 0, 0, dm, row, db)
+        src, ysrc, mask, i0, j0 = grad, out, relu, oi, oj
+        if not (oi + 2 <= oh and oj + 2 <= ow):
+            for i in range(2):
+                for j in range(2):
+                    if oi + i < oh and oj + j < ow:
+                        for k in range(f):
+                            g = dy[n, oi + i, oj + j, k]
+                            patch[i, j, k] = g if not relu or y[n, oi + i, oj + j, k] > 0 else np.float32(0)
+                    else:
+                        patch[i, j, :] = 0
+            src, ysrc, mask, i0, j0 = patch, patch, False, 0, 0
+        _output_tile_backward(src, ysrc, mask, i0, j0, dm, t * tw + tj, db)  # one call site: inlined once
     for k in range(f):
         db_rows[t, k] = db[k]
 
