@@ -41,11 +41,13 @@ def maxpool_forward(x, ph, pw, sh, sw, pt, pl, y, argmax):
                             argmax[n, i, j, ch] = idx
                         first = False
                     else:
+                        # unconditional stores of selected values: this loop vectorises, one with
+                        # conditional stores does not
                         for ch in range(c):
                             v = x[n, hi, wi, ch]
-                            if v > y[n, i, j, ch]:
-                                y[n, i, j, ch] = v
-                                argmax[n, i, j, ch] = idx
+                            best = y[n, i, j, ch]
+                            y[n, i, j, ch] = v if v > best else best
+                            argmax[n, i, j, ch] = idx if v > best else argmax[n, i, j, ch]
 
 
 @njit(parallel=True, cache=True)
