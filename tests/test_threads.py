@@ -90,3 +90,34 @@ def test_split_and_fallback_paths_agree(two_threads, monkeypatch, make, input_sh
     assert len(split) == len(fallback) >= 3
     for a, b in zip(split, fallback):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_two_layers_in_two_python_threads_at_once(two_threads, monkeypatch):
+    # Each thread's split takes the BLAS lock in turn; results equal the same work done alone.
+    from tinycnn.layers import conv
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    gen = np.random.default_rng(0)
+    x = gen.standard_normal((4, 7, 6, 2))
+    dy = gen.standard_normal((4, 7, 6, 5))
+
+    def make():
+        return Conv2D(5, 3, padding="same", activation="relu", dtype="float64")
+    alone = _run(make, x, dy)
+    results, errors = [None, None], []
+
+    def job(i):
+        try:
+            for _ in range(5):
+                results[i] = _run(make, x, dy)
+        except Exception as e:  # reported below: an exception in a thread would not fail the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=job, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    for result in results:
+        for a, b in zip(result, alone):
+            np.testing.assert_array_equal(a, b)
