@@ -25,6 +25,7 @@ from . import optimizers as optimizers_module
 from . import rng
 from .batching import ArrayBatches, SourceBatches, is_batch_source
 from .layers.base import Layer, unique_name
+from .layers.conv import Conv2D
 from .layers.normalization import BatchNormalization
 
 
@@ -93,6 +94,11 @@ class Sequential:
         self.history = None
         #: Free-form JSON-serialisable facts saved with the model (class names, image size, ...).
         self.metadata = {}
+        #: Compute a Winograd Conv2D and the 2x2 MaxPooling2D after it in one pass during fit,
+        #: evaluate and predict (``Conv2D.forward_pooled``): same results, bit for bit, without
+        #: storing the full-size output. Set to False to run every layer on its own.
+        self.fuse_layers = True
+        self._fused_at = ()
         for layer in layers or []:
             self.add(layer)
 
@@ -365,9 +371,24 @@ class Sequential:
 
     # --- one step ---------------------------------------------------------------------------------
 
+    def _fusion_plan(self):
+        """Indices of the Conv2D layers whose next layer (a 2x2 max pooling) runs inside them."""
+        if not self.fuse_layers:
+            return ()
+        body = self.layers[:-1]  # the head stays on its own: the loss reads its logits
+        return tuple(i for i in range(len(body) - 1)
+                     if isinstance(body[i], Conv2D) and body[i].fuses_with(body[i + 1]))
+
     def _forward(self, x, training):
-        for layer in self.layers:
-            x = layer.forward(x, training=training)
+        self._fused_at = fused = self._fusion_plan()
+        i = 0
+        while i < len(self.layers):
+            if i in fused:
+                x = self.layers[i].forward_pooled(x, training=training)
+                i += 2
+            else:
+                x = self.layers[i].forward(x, training=training)
+                i += 1
         return x
 
     def _loss(self, out, y, sample_weight):
@@ -383,10 +404,14 @@ class Sequential:
         head = self.layers[-1]
         grad = head.backward_from_logits(grad) if self._fused else head.backward(grad.reshape(
             (-1,) + head.output_shape))
-        for layer in reversed(self.layers[:-1]):
+        fused = self._fused_at
+        for i in reversed(range(len(self.layers) - 1)):
             if grad is None:
                 break
-            grad = layer.backward(grad)
+            if i - 1 in fused:    # a pooling layer that ran inside the convolution before it
+                continue
+            layer = self.layers[i]
+            grad = layer.backward_pooled(grad) if i in fused else layer.backward(grad)
         return grad
 
     def _trainable(self):

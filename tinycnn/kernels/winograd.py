@@ -471,3 +471,101 @@ def output_transform_backward_serial(dy, y, relu, th, tw, dm, db_rows):
     patch = np.empty((2, 2, dy.shape[3]), dtype=dy.dtype)
     for t in range(dy.shape[0] * th):
         _output_transform_backward_row(dy, y, relu, th, tw, dm, db_rows, t, patch)
+
+
+# --- 2x2 max pooling fused into the output transform ------------------------------------------------
+#
+# When a Winograd layer is followed by 2x2 max pooling with stride 2 and its output has even sides,
+# each 2x2 output tile *is* one pooling window. The output transform can then pool the tile while it
+# is still in registers, and write only the pooled value and which of the four won (0..3, row-major;
+# ties go to the first, as in kernels/pooling.py): the full-size output is never stored, nor read
+# back by the pooling layer. Backward, the pooled gradient goes to the winner (masked by the ReLU:
+# the winner's output is the pooled value) and the tile's adjoint runs as before.
+
+
+@njit(inline="always")
+def _output_transform_pool_row(m, th, tw, bias, relu, p, argmax, t, patch):
+    """Output transform of tile row ``t`` (pooled row ``t % th``), pooled 2x2 into ``p``/``argmax``."""
+    f = p.shape[3]
+    n = t // th
+    i = t % th
+    for tj in range(tw):
+        _output_tile(m, t * tw + tj, bias, relu, patch, 0, 0)
+        for k in range(f):
+            best = patch[0, 0, k]
+            win = 0
+            v = patch[0, 1, k]
+            win = 1 if v > best else win
+            best = v if v > best else best
+            v = patch[1, 0, k]
+            win = 2 if v > best else win
+            best = v if v > best else best
+            v = patch[1, 1, k]
+            win = 3 if v > best else win
+            best = v if v > best else best
+            p[n, i, tj, k] = best
+            argmax[n, i, tj, k] = win
+
+
+@njit(parallel=True, cache=True)
+def output_transform_pool(m, th, tw, bias, relu, p, argmax):
+    """:func:`output_transform` followed by 2x2/stride-2 max pooling, in one pass.
+
+    m : ndarray (16, R, F); p : ndarray (N, th, tw, F) written with the pooled outputs;
+    argmax : ndarray (N, th, tw, F) int32, written with the winner's position in its tile (0..3).
+    """
+    for t in prange(p.shape[0] * th):
+        _output_transform_pool_row(m, th, tw, bias, relu, p, argmax, t, np.empty((2, 2, p.shape[3]), dtype=p.dtype))
+
+
+@njit(nogil=True, cache=True)
+def output_transform_pool_serial(m, th, tw, bias, relu, p, argmax):
+    """:func:`output_transform_pool` in the calling thread, without holding the GIL."""
+    patch = np.empty((2, 2, p.shape[3]), dtype=p.dtype)
+    for t in range(p.shape[0] * th):
+        _output_transform_pool_row(m, th, tw, bias, relu, p, argmax, t, patch)
+
+
+@njit(inline="always")
+def _output_transform_pool_backward_row(dp, p, argmax, relu, th, tw, dm, db_rows, t, patch):
+    """Adjoint of :func:`_output_transform_pool_row` for tile row ``t``."""
+    f = dp.shape[3]
+    n = t // th
+    i = t % th
+    db = np.zeros(f, dtype=dp.dtype)
+    zero = np.float32(0)  # float32, so that float32 data are not promoted to float64
+    for tj in range(tw):
+        for k in range(f):
+            g = dp[n, i, tj, k]
+            if relu and not p[n, i, tj, k] > 0:
+                g = zero
+            win = argmax[n, i, tj, k]
+            patch[0, 0, k] = g if win == 0 else zero
+            patch[0, 1, k] = g if win == 1 else zero
+            patch[1, 0, k] = g if win == 2 else zero
+            patch[1, 1, k] = g if win == 3 else zero
+        _output_tile_backward(patch, patch, False, 0, 0, dm, t * tw + tj, db)
+    for k in range(f):
+        db_rows[t, k] = db[k]
+
+
+@njit(parallel=True, cache=True)
+def output_transform_pool_backward(dp, p, argmax, relu, th, tw, dm, db_rows):
+    """Adjoint of :func:`output_transform_pool`: each pooled gradient goes to its tile's winner
+    (zero if ``relu`` and the pooled output is not positive), then ``dM = A dZ A^T`` per tile.
+
+    dp, p : ndarray (N, th, tw, F) (pooled gradient and pooled output); argmax : int32, same shape;
+    dm : ndarray (16, R, F), written; db_rows : ndarray (N*th, F) float64, written (as in
+    :func:`output_transform_backward`).
+    """
+    for t in prange(dp.shape[0] * th):
+        _output_transform_pool_backward_row(dp, p, argmax, relu, th, tw, dm, db_rows, t,
+                                            np.empty((2, 2, dp.shape[3]), dtype=dp.dtype))
+
+
+@njit(nogil=True, cache=True)
+def output_transform_pool_backward_serial(dp, p, argmax, relu, th, tw, dm, db_rows):
+    """:func:`output_transform_pool_backward` in the calling thread, without holding the GIL."""
+    patch = np.empty((2, 2, dp.shape[3]), dtype=dp.dtype)
+    for t in range(dp.shape[0] * th):
+        _output_transform_pool_backward_row(dp, p, argmax, relu, th, tw, dm, db_rows, t, patch)

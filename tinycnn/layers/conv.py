@@ -147,6 +147,37 @@ class Conv2D(ActivatedLayer):
             return self._winograd_backward(dy2d, relu=self.activation.name == "relu", bias_grad=self.use_bias)
         return super().backward(grad_out)
 
+    # --- 2x2 max pooling fused into a Winograd layer (used by Sequential, see _fusion_plan) -------------
+
+    def fuses_with(self, pool):
+        """True if ``pool`` (the next layer) can be computed inside this layer's output transform:
+        a Winograd layer with a ReLU or linear activation, then MaxPooling2D 2x2 with stride 2 whose
+        windows are exactly the 2x2 output tiles (even output sides, so no padding either way)."""
+        from .pooling import MaxPooling2D
+        oh, ow, _ = self.output_shape
+        return (self.algorithm == "winograd" and self._fused_epilogue() and type(pool) is MaxPooling2D
+                and pool.pool_size == (2, 2) and pool.strides == (2, 2) and oh % 2 == 0 and ow % 2 == 0)
+
+    def forward_pooled(self, x, training=False):
+        """``MaxPooling2D((2, 2))(self.forward(x))`` in one pass: the full-size output is never stored.
+        Equal, bit for bit, to the two layers run one after the other (tested)."""
+        n = x.shape[0]
+        oh, ow, f = self.output_shape
+        p = self._buffer("pooled", (n, oh // 2, ow // 2, f))
+        argmax = self._buffer("pooled_argmax", p.shape, np.int32)
+        self._x = x
+        self._winograd_forward(x, None, self.activation.name == "relu", pool=(p, argmax))
+        self.logits = None
+        self._pooled = (p, argmax)
+        return p
+
+    def backward_pooled(self, grad_out):
+        """Backward through :meth:`forward_pooled`, from the gradient of the pooled output."""
+        p, argmax = self._pooled
+        dp = np.ascontiguousarray(grad_out).reshape(p.shape)
+        return self._winograd_backward(None, relu=self.activation.name == "relu", bias_grad=self.use_bias,
+                                       pool=(dp, p, argmax))
+
     def _im2col_forward(self, x, y2d):
         """``y2d = im2col(x) @ W`` chunk by chunk (no bias/activation)."""
         oh, ow, f = self.output_shape
@@ -232,9 +263,10 @@ class Conv2D(ActivatedLayer):
         return (self._buffer(f"wino_v{slot}", (16, rows, self.input_shape[2])),
                 self._buffer(f"wino_m{slot}", (16, rows, self.output_shape[2])))
 
-    def _winograd_forward(self, x, y, relu, with_bias=True):
+    def _winograd_forward(self, x, y, relu, with_bias=True, pool=None):
         """``y = conv(x) + bias`` (then ReLU if ``relu``): per chunk, V = B^T d B, M = V @ U,
-        y = A^T M A + bias."""
+        y = A^T M A + bias. With ``pool = (p, argmax)``, y is max-pooled 2x2 on the fly into those
+        instead (``y`` unused)."""
         th, tw, step, u = self._winograd_plan(x.shape[0])
         ph, pw = self._pad_h, self._pad_w
         if with_bias and self.use_bias:
@@ -247,23 +279,29 @@ class Conv2D(ActivatedLayer):
             v, m = self._winograd_buffers(slot, step, th, tw)
             inp = WG.input_transform_serial if serial else WG.input_transform
             out = WG.output_transform_serial if serial else WG.output_transform
+            out_pool = WG.output_transform_pool_serial if serial else WG.output_transform_pool
             for n0 in range(lo, hi, step):
                 n1 = min(hi, n0 + step)
                 rows = (n1 - n0) * th * tw
                 inp(x[n0:n1], ph, pw, th, tw, v)
                 np.matmul(v[:, :rows], u, out=m[:, :rows])
-                out(m, th, tw, bias, relu, y[n0:n1])
+                if pool is None:
+                    out(m, th, tw, bias, relu, y[n0:n1])
+                else:
+                    out_pool(m, th, tw, bias, relu, pool[0][n0:n1], pool[1][n0:n1])
 
         split_batch(x.shape[0], work)
 
-    def _winograd_backward(self, dy2d, relu, bias_grad):
+    def _winograd_backward(self, dy2d, relu, bias_grad, pool=None):
         """dZ = dY * (y > 0) if ``relu``; dM = A dZ A^T (with the bias gradient); dU = V^T @ dM
-        (-> dW = G^T dU G); dV = dM @ U^T (-> dx = B dV B^T)."""
+        (-> dW = G^T dU G); dV = dM @ U^T (-> dx = B dV B^T). With ``pool = (dp, p, argmax)``, dY is
+        the pooled gradient ``dp``, sent to each window's winner (``dy2d`` unused)."""
         x = self._x
         n = x.shape[0]
         oh, ow, f = self.output_shape
-        dy = dy2d.reshape(n, oh, ow, f)
-        y = self._y2d.reshape(n, oh, ow, f) if relu else dy
+        if pool is None:
+            dy = dy2d.reshape(n, oh, ow, f)
+            y = self._y2d.reshape(n, oh, ow, f) if relu else dy
         th, tw, step, u = self._winograd_plan(n)
         ph, pw = self._pad_h, self._pad_w
         dx = self._buffer("dx", x.shape) if self.input_grad_needed else None
@@ -276,11 +314,16 @@ class Conv2D(ActivatedLayer):
             part = self._buffer(f"wino_du_part{slot}", u.shape)
             inp = WG.input_transform_serial if serial else WG.input_transform
             out_back = WG.output_transform_backward_serial if serial else WG.output_transform_backward
+            pool_back = WG.output_transform_pool_backward_serial if serial else WG.output_transform_pool_backward
             inp_back = WG.input_transform_backward_serial if serial else WG.input_transform_backward
             for n0 in range(lo, hi, step):
                 n1 = min(hi, n0 + step)
                 rows = (n1 - n0) * th * tw
-                out_back(dy[n0:n1], y[n0:n1], relu, th, tw, m, db_rows[n0 * th:n1 * th])
+                if pool is None:
+                    out_back(dy[n0:n1], y[n0:n1], relu, th, tw, m, db_rows[n0 * th:n1 * th])
+                else:
+                    dp, p, argmax = pool
+                    pool_back(dp[n0:n1], p[n0:n1], argmax[n0:n1], relu, th, tw, m, db_rows[n0 * th:n1 * th])
                 inp(x[n0:n1], ph, pw, th, tw, v)
                 np.matmul(v[:, :rows].transpose(0, 2, 1), m[:, :rows], out=du if n0 == lo else part)
                 if n0 > lo:

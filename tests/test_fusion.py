@@ -1,0 +1,116 @@
+"""A Winograd Conv2D followed by 2x2 max pooling runs as one pass inside Sequential
+(Conv2D.forward_pooled / backward_pooled). It must give exactly what the two layers give one after
+the other, and be used only where it applies."""
+import numpy as np
+import pytest
+
+import tinycnn
+from tinycnn import Sequential
+from tinycnn.kernels import pooling as P
+from tinycnn.kernels import winograd as W
+from tinycnn.layers import (AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, Flatten,
+                            MaxPooling2D)
+
+
+@pytest.fixture
+def winograd_everywhere(monkeypatch):
+    from tinycnn.layers import conv
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+
+
+def _model(dtype, activation="relu", use_bias=True, pool=None, size=8):
+    return Sequential([
+        Conv2D(4, 3, padding="same", activation=activation, use_bias=use_bias, dtype=dtype,
+               input_shape=(size, size, 2)),
+        pool or MaxPooling2D((2, 2), dtype=dtype),
+        BatchNormalization(dtype=dtype),
+        Conv2D(6, 3, padding="same", activation="relu", dtype=dtype),
+        MaxPooling2D((2, 2), dtype=dtype),
+        Flatten(dtype=dtype),
+        Dropout(0.3, dtype=dtype),
+        Dense(3, activation="softmax", dtype=dtype),
+    ])
+
+
+def _train(fuse, dtype, **kwargs):
+    tinycnn.set_seed(0)
+    model = _model(dtype, **kwargs)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.fuse_layers = fuse
+    gen = np.random.default_rng(1)
+    x = gen.standard_normal((6, kwargs.get("size", 8), kwargs.get("size", 8), 2)).astype(dtype)
+    y = np.eye(3, dtype=dtype)[gen.integers(0, 3, 6)]
+    losses = [model.train_on_batch(x, y) for _ in range(3)]
+    return model, losses, model.get_weights(), model.predict(x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation, use_bias", [("relu", True), ("relu", False), (None, True)])
+def test_fused_conv_pool_trains_bit_for_bit_like_the_two_layers(winograd_everywhere, dtype, activation, use_bias):
+    fused, losses_f, weights_f, pred_f = _train(True, dtype, activation=activation, use_bias=use_bias)
+    plain, losses_p, weights_p, pred_p = _train(False, dtype, activation=activation, use_bias=use_bias)
+    assert fused._fused_at == (0, 3) and plain._fused_at == ()
+    assert losses_f == losses_p
+    for a, b in zip(weights_f, weights_p):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(pred_f, pred_p)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(), (0, 3)),
+    (dict(size=10), (0,)),                     # the second convolution's output is 5x5: windows are not tiles
+    (dict(size=7), ()),
+    (dict(pool=MaxPooling2D((3, 3), strides=2)), ()),    # and 3x3 after it: odd again
+    (dict(pool=MaxPooling2D((2, 2), strides=1)), ()),    # 7x7 after it
+    (dict(pool=AveragePooling2D((2, 2))), (3,)),
+    (dict(activation="tanh"), (3,)),                                   # epilogue not fused: plain path
+])
+def test_fusion_applies_only_where_it_is_exact(winograd_everywhere, kwargs, expected):
+    model = _model("float32", **kwargs)
+    model.build()
+    assert model._fusion_plan() == expected
+
+
+def test_no_fusion_for_im2col_layers_or_a_pooling_head():
+    model = _model("float32")                     # 2 and 4 input channels: im2col by default
+    model.build()
+    assert model._fusion_plan() == ()
+    head = Sequential([Conv2D(16, 3, padding="same", input_shape=(4, 4, 16)), MaxPooling2D((2, 2))])
+    head.build()
+    assert head.layers[0].algorithm == "winograd" and head._fusion_plan() == ()
+
+
+@pytest.mark.parametrize("serial", [False, True])
+def test_output_transform_pool_is_output_transform_then_max_pool(serial):
+    gen = np.random.default_rng(0)
+    th, tw, f = 3, 4, 5
+    m = gen.standard_normal((16, 2 * th * tw, f)).astype(np.float32)
+    m[:, 0] = 0                                   # a tile of equal outputs: the tie goes to the first
+    bias = gen.standard_normal(f).astype(np.float32)
+    y = np.empty((2, 2 * th, 2 * tw, f), dtype=np.float32)
+    W.output_transform(m, th, tw, bias, True, y)
+    pooled = np.empty((2, th, tw, f), dtype=np.float32)
+    argmax = np.empty(pooled.shape, dtype=np.int32)
+    P.maxpool_forward(y, 2, 2, 2, 2, 0, 0, pooled, argmax)
+    p = np.empty_like(pooled)
+    win = np.empty_like(argmax)
+    (W.output_transform_pool_serial if serial else W.output_transform_pool)(m, th, tw, bias, True, p, win)
+    np.testing.assert_array_equal(p, pooled)
+    # the flat index of the winner in y, from its position in the tile
+    rows = 2 * np.arange(th)[None, :, None, None] + win // 2
+    cols = 2 * np.arange(tw)[None, None, :, None] + win % 2
+    np.testing.assert_array_equal(rows * (2 * tw) + cols, argmax)
+    assert (win[0, 0, 0] == 0).all()                # the tied tile (image 0, first tile)
+
+    dp = gen.standard_normal(p.shape).astype(np.float32)
+    dy = np.empty_like(y)
+    P.maxpool_backward(dp, argmax, 2, 2, 2, 2, 0, 0, dy)
+    dm_ref = np.empty_like(m)
+    db_ref = np.empty((2 * th, f))
+    W.output_transform_backward(dy, y, True, th, tw, dm_ref, db_ref)
+    dm = np.empty_like(m)
+    db = np.full((2 * th, f), np.nan)
+    (W.output_transform_pool_backward_serial if serial else W.output_transform_pool_backward)(
+        dp, p, win, True, th, tw, dm, db)
+    np.testing.assert_array_equal(dm, dm_ref)
+    np.testing.assert_array_equal(db, db_ref)
