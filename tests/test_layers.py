@@ -32,11 +32,35 @@ def test_conv2d_relu_no_bias(check_layer):
                 (5, 5, 2), (5, 5, 4), _conv_ref)
 
 
-def test_conv2d_large_batch_spans_several_chunks(monkeypatch, check_layer):
+@pytest.mark.parametrize("keep_columns", [True, False])
+def test_conv2d_large_batch_spans_several_chunks(monkeypatch, check_layer, keep_columns):
     from tinycnn.layers import conv
     monkeypatch.setattr(conv, "COLUMN_CHUNK_BYTES", 2000)  # forces one image per chunk
+    if not keep_columns:  # columns rebuilt in the backward pass, as for layers with large columns
+        monkeypatch.setattr(conv, "KEEP_COLUMNS_BYTES", 0)
     check_layer(lambda dt: Conv2D(3, 3, padding="same", activation="relu", dtype=dt), (6, 5, 2), (6, 5, 3),
                 _conv_ref, batch_size=5)
+
+
+@pytest.mark.parametrize("strides, padding", [(1, "same"), (2, "valid")])
+def test_conv2d_rebuilt_columns_give_the_kept_columns_gradients(monkeypatch, strides, padding):
+    from tinycnn.layers import conv
+    gen = np.random.default_rng(0)
+    x = gen.standard_normal((4, 7, 6, 3))
+    dy = None
+    results = []
+    for keep in (32 * 2**20, 0):
+        monkeypatch.setattr(conv, "KEEP_COLUMNS_BYTES", keep)
+        layer = Conv2D(5, 3, strides=strides, padding=padding, dtype="float64")
+        layer.build(x.shape[1:])
+        layer.set_weights([np.linspace(-1, 1, w.size).reshape(w.shape) for w in layer.get_weights()])
+        y = layer.forward(x, training=True)
+        assert (layer._kept_cols is not None) == bool(keep)
+        dy = gen.standard_normal(y.shape) if dy is None else dy
+        results.append([y.copy(), layer.backward(dy).copy(), layer.grads["kernel"].copy()])
+        assert layer._kept_cols is None  # released by the backward pass
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.fixture

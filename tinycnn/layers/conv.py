@@ -9,6 +9,9 @@ from .base import ActivatedLayer, check_int_tuple, check_padding
 # The column matrix of one chunk of the batch is kept near this size, so that it stays in cache
 # between im2col and the product and memory stays bounded whatever the batch size.
 COLUMN_CHUNK_BYTES = 8 * 2**20
+# In training, an im2col layer keeps the whole batch's columns for its backward pass when they take
+# at most this much (the first layer of an RGB network: 27 columns), instead of rebuilding them.
+KEEP_COLUMNS_BYTES = 32 * 2**20
 # The same for the Winograd path: transformed inputs and products of one chunk (V and M together).
 WINOGRAD_CHUNK_BYTES = 4 * 2**20
 # 3x3 stride-1 convolutions with at least this many input channels use Winograd F(2x2, 3x3). With
@@ -95,6 +98,7 @@ class Conv2D(ActivatedLayer):
         self._pointwise = (kh, kw) == (1, 1) and self.strides == (1, 1)
         winograd = (kh, kw) == (3, 3) and self.strides == (1, 1) and c >= WINOGRAD_MIN_CHANNELS
         self.algorithm = "winograd" if winograd else "im2col"
+        self._kept_cols = None
 
     def _chunk_images(self, n):
         oh, ow, _ = self.output_shape
@@ -133,7 +137,7 @@ class Conv2D(ActivatedLayer):
         if self.algorithm == "winograd":
             self._winograd_forward(x, y, relu=False, with_bias=False)
         else:
-            self._im2col_forward(x, y2d)
+            self._im2col_forward(x, y2d, training)
         self._y2d = self._activate(y2d)
         return self._y2d.reshape(n, oh, ow, f)
 
@@ -178,21 +182,30 @@ class Conv2D(ActivatedLayer):
         return self._winograd_backward(None, relu=self.activation.name == "relu", bias_grad=self.use_bias,
                                        pool=(dp, p, argmax))
 
-    def _im2col_forward(self, x, y2d):
-        """``y2d = im2col(x) @ W`` chunk by chunk (no bias/activation)."""
+    def _im2col_forward(self, x, y2d, training):
+        """``y2d = im2col(x) @ W`` chunk by chunk (no bias/activation).
+
+        In training, when the whole batch's columns fit in ``KEEP_COLUMNS_BYTES`` (a thin first
+        layer: 3 channels x 9 = 27 columns), they are kept for the backward pass instead of being
+        rebuilt there."""
+        n = x.shape[0]
         oh, ow, f = self.output_shape
         pix = oh * ow
         w2d = self.params["kernel"].reshape(-1, f)
-        step = self._chunk_images(x.shape[0])
+        step = self._chunk_images(n)
+        width = w2d.shape[0]
+        keep = training and not self._pointwise and n * pix * width * self.dtype.itemsize <= KEEP_COLUMNS_BYTES
+        kept = self._buffer("cols_kept", (n * pix, width)) if keep else None
 
         def work(lo, hi, slot, serial):
-            buf = self._column_buffer(slot, step)
+            buf = None if keep else self._column_buffer(slot, step)
             for n0 in range(lo, hi, step):
                 n1 = min(hi, n0 + step)
-                cols = self._columns(x[n0:n1], buf, serial)
+                cols = self._columns(x[n0:n1], kept[n0 * pix:] if keep else buf, serial)
                 np.matmul(cols, w2d, out=y2d[n0 * pix:n1 * pix])
 
-        split_batch(x.shape[0], work)
+        split_batch(n, work)
+        self._kept_cols = kept
 
     def _linear_backward(self, dz2d):
         if self.algorithm == "winograd":
@@ -206,15 +219,19 @@ class Conv2D(ActivatedLayer):
         dx = self._buffer("dx", x.shape) if self.input_grad_needed else None
         step = self._chunk_images(n)
         dw_parts = {}
+        kept, self._kept_cols = self._kept_cols, None
 
         def work(lo, hi, slot, serial):
-            buf = self._column_buffer(slot, step)
+            buf = None if kept is not None else self._column_buffer(slot, step)
             dw = self._buffer(f"dw{slot}", w2d.shape)
             part = self._buffer(f"dw_part{slot}", w2d.shape)
             col2im = K.col2im_serial if serial else K.col2im
             for n0 in range(lo, hi, step):
                 n1 = min(hi, n0 + step)
-                cols = self._columns(x[n0:n1], buf, serial)
+                if kept is not None:
+                    cols = kept[n0 * pix:n1 * pix]
+                else:
+                    cols = self._columns(x[n0:n1], buf, serial)
                 dz = dz2d[n0 * pix:n1 * pix]
                 np.matmul(cols.T, dz, out=dw if n0 == lo else part)
                 if n0 > lo:
