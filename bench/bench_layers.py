@@ -50,8 +50,9 @@ the whole batch. For an im2col layer: ``im2col`` (forward and again in backward)
 products (forward ``cols @ W``, weight gradient ``cols.T @ dz``, input gradient ``dz @ W.T``),
 ``col2im`` and the bias/ReLU epilogues. For a Winograd layer (3x3, stride 1, 16+ channels): the
 input transform (forward and again in backward), the 16 batched products of each kind, the output
-transform (with bias and ReLU fused in), the adjoints of both transforms (the ReLU mask and the
-bias gradient fused into the output one) and the kernel transforms. Products are
+transform (with bias and ReLU fused in, and the next layer's 2x2 max pooling when the model fuses
+it), the adjoints of both transforms (the ReLU mask and the bias gradient, and the pooling, fused
+into the output one) and the kernel transforms. Products are
 shown with their real GFLOP/s and % of the GEMM ceiling. It answers "is a convolution slow in its
 products or around them?", and the last line gives everything outside the products as a share of
 the step.
@@ -84,10 +85,14 @@ def one_step(model, x, y, grad_out, from_logits):
     """
     clock = time.perf_counter
     forward, backward, extra = {}, {}, {}
+    fused = model._fusion_plan()  # Conv2D + 2x2 max pooling run as one pass, as train_on_batch does
     a = x
-    for layer in model.layers:
+    for i, layer in enumerate(model.layers):
+        if i - 1 in fused:
+            forward[layer.name] = 0.0  # ran inside the convolution before it
+            continue
         start = clock()
-        a = layer.forward(a, training=True)
+        a = layer.forward_pooled(a, training=True) if i in fused else layer.forward(a, training=True)
         forward[layer.name] = clock() - start
 
     start = clock()
@@ -95,9 +100,17 @@ def one_step(model, x, y, grad_out, from_logits):
     extra[LOSS_ROW] = clock() - start
 
     g = grad_out
-    for i, layer in enumerate(reversed(model.layers)):
+    last = len(model.layers) - 1
+    for i in reversed(range(len(model.layers))):
+        layer = model.layers[i]
+        if i - 1 in fused:
+            backward[layer.name] = 0.0
+            continue
         start = clock()
-        g = layer.backward_from_logits(g) if i == 0 and from_logits else layer.backward(g)
+        if i == last and from_logits:
+            g = layer.backward_from_logits(g)
+        else:
+            g = layer.backward_pooled(g) if i in fused else layer.backward(g)
         backward[layer.name] = clock() - start
         if g is None:  # the first layer needs no input gradient, and returns none
             break
@@ -126,12 +139,14 @@ def collect(model, x, y, grad_out, from_logits, repeats):
 def build_rows(model, batch, forward, backward, extra, peak):
     """One dict per layer (plus loss and optimizer rows), with times, FLOPs and shares."""
     rows = []
-    for layer in model.layers:
+    fused = model._fusion_plan()
+    for i, layer in enumerate(model.layers):
         fwd = forward[layer.name]
         bwd = backward.get(layer.name, 0.0)
         row = {"name": layer.name, "type": type(layer).__name__, "output_shape": [batch, *layer.output_shape],
                "forward_ms": 1e3 * fwd, "backward_ms": 1e3 * bwd, "gemm": False,
-               "algorithm": getattr(layer, "algorithm", None)}
+               "algorithm": getattr(layer, "algorithm", None),
+               "fused_into": model.layers[i - 1].name if i - 1 in fused else None}
         flops = _common.layer_flops(layer, batch)
         if flops is not None:
             row.update(gemm=True, forward_flops=flops[0], backward_flops=flops[1],
@@ -170,6 +185,10 @@ def print_rows(rows):
     if note:
         print(f"(no input gradient computed for {', '.join(note)}: its backward counts the weight-gradient "
               f"product only)")
+    fused = [r["name"] for r in rows if r.get("fused_into")]
+    if fused:
+        print(f"({', '.join(fused)}: computed inside the Winograd layer before it, whose row holds its "
+              f"time)")
     winograd = [r["name"] for r in rows if r.get("algorithm") == "winograd"]
     if winograd:
         print(f"(Winograd layers {', '.join(winograd)}: GFLOP/s counts the FLOPs of the direct convolution, 2.25x "
@@ -288,14 +307,15 @@ def conv_breakdown(model, x, repeats, peak):
 
     rows = []
     h = x
-    for layer in model.layers:
+    fused = model._fusion_plan()
+    for i, layer in enumerate(model.layers):
         if isinstance(layer, Conv2D):
-            rows.append(_time_conv_pieces(layer, np.ascontiguousarray(h), repeats, peak))
+            rows.append(_time_conv_pieces(layer, np.ascontiguousarray(h), repeats, peak, pooled=i in fused))
         h = layer.forward(h, training=True)
     return rows
 
 
-def _time_conv_pieces(layer, x, repeats, peak):
+def _time_conv_pieces(layer, x, repeats, peak, pooled=False):
     """Run one Conv2D's forward and backward the way the layer does (batch slices over threads via
     ``split_batch``, chunk loop inside each slice), timing every piece in every thread. A piece's
     time is the mean over threads of its accumulated seconds: the threads run the same pieces side
@@ -325,6 +345,10 @@ def _time_conv_pieces(layer, x, repeats, peak):
         rows_per_image = th * tw
         bias = layer.params["bias"] if layer.use_bias else np.zeros(f, dtype=layer.dtype)
         db_rows = np.empty((n * th, f))  # the layer fuses bias and ReLU into the output transforms
+        # with the next layer's 2x2 max pooling fused in (pooled=True): pooled output and winners
+        p = np.empty((n, oh // 2, ow // 2, f), dtype=layer.dtype)
+        win = np.zeros(p.shape, dtype=np.int32)
+        dp = gen.standard_normal(p.shape).astype(layer.dtype)
         # the products of the 16 transformed planes: 2 * 16 * tiles * C * F per product
         product_flop = 2.0 * 16 * n * rows_per_image * c * f
     else:
@@ -346,25 +370,35 @@ def _time_conv_pieces(layer, x, repeats, peak):
                 v, m = layer._winograd_buffers(slot, step, th, tw)
                 inp = WG.input_transform_serial if serial else WG.input_transform
                 out = WG.output_transform_serial if serial else WG.output_transform
+                out_pool = WG.output_transform_pool_serial if serial else WG.output_transform_pool
                 for n0 in range(lo, hi, step):
                     n1 = min(hi, n0 + step)
                     r = (n1 - n0) * rows_per_image
                     timed("input transform", slot, inp, x[n0:n1], ph, pw, th, tw, v)
                     timed("fwd GEMM", slot, np.matmul, v[:, :r], u, m[:, :r])
-                    timed("output transform (+bias, ReLU)", slot, out, m, th, tw, bias, relu, y[n0:n1])
+                    if pooled:
+                        timed("output transform (+bias, ReLU, 2x2 max pool)", slot, out_pool, m, th, tw, bias, relu,
+                              p[n0:n1], win[n0:n1])
+                    else:
+                        timed("output transform (+bias, ReLU)", slot, out, m, th, tw, bias, relu, y[n0:n1])
 
             def bwd(lo, hi, slot, serial):
                 v, m = layer._winograd_buffers(slot, step, th, tw)
                 du = np.empty_like(u)
                 inp = WG.input_transform_serial if serial else WG.input_transform
                 out_b = WG.output_transform_backward_serial if serial else WG.output_transform_backward
+                pool_b = WG.output_transform_pool_backward_serial if serial else WG.output_transform_pool_backward
                 inp_b = WG.input_transform_backward_serial if serial else WG.input_transform_backward
                 dz = dz2d.reshape(n, oh, ow, f)
                 for n0 in range(lo, hi, step):
                     n1 = min(hi, n0 + step)
                     r = (n1 - n0) * rows_per_image
-                    timed("output adjoint (+ReLU mask, bias grad)", slot, out_b, dz[n0:n1], y[n0:n1], relu, th, tw, m,
-                          db_rows[n0 * th:n1 * th])
+                    if pooled:
+                        timed("output adjoint (+2x2 max pool, ReLU mask, bias grad)", slot, pool_b, dp[n0:n1],
+                              p[n0:n1], win[n0:n1], relu, th, tw, m, db_rows[n0 * th:n1 * th])
+                    else:
+                        timed("output adjoint (+ReLU mask, bias grad)", slot, out_b, dz[n0:n1], y[n0:n1], relu, th,
+                              tw, m, db_rows[n0 * th:n1 * th])
                     timed("input transform", slot, inp, x[n0:n1], ph, pw, th, tw, v)
                     timed("dW GEMM", slot, np.matmul, v[:, :r].transpose(0, 2, 1), m[:, :r], du)
                     if layer.input_grad_needed:
