@@ -323,6 +323,7 @@ def _time_conv_pieces(layer, x, repeats, peak, pooled=False):
     import numpy as np
     from tinycnn._threads import split_batch
     from tinycnn.kernels import conv as K
+    from tinycnn.layers import conv as conv_module
     from tinycnn.kernels import winograd as WG
 
     n = x.shape[0]
@@ -354,6 +355,7 @@ def _time_conv_pieces(layer, x, repeats, peak, pooled=False):
     else:
         step = layer._chunk_images(n)
         product_flop = 2.0 * n * pix * w2d.shape[0] * f
+        kept_bytes = n * pix * w2d.shape[0] * layer.dtype.itemsize
 
     def run_once():
         acc = {}
@@ -411,11 +413,15 @@ def _time_conv_pieces(layer, x, repeats, peak, pooled=False):
             timed("kernel transforms", 0, WG.kernel_transform_backward, u, layer.grads["kernel"])
             timed("bias gradient", 0, db_rows.sum, 0)
         else:
+            # small columns are kept from forward for backward, as the layer does (KEEP_COLUMNS_BYTES)
+            keep = not layer._pointwise and kept_bytes <= conv_module.KEEP_COLUMNS_BYTES
+            kept = np.empty((n * pix, w2d.shape[0]), dtype=layer.dtype) if keep else None
+
             def fwd(lo, hi, slot, serial):
                 buf = layer._column_buffer(slot, step)
                 for n0 in range(lo, hi, step):
                     n1 = min(hi, n0 + step)
-                    cols = timed("im2col", slot, layer._columns, x[n0:n1], buf, serial)
+                    cols = timed("im2col", slot, layer._columns, x[n0:n1], kept[n0 * pix:] if keep else buf, serial)
                     timed("fwd GEMM", slot, np.matmul, cols, w2d, y2d[n0 * pix:n1 * pix])
 
             def bwd(lo, hi, slot, serial):
@@ -424,7 +430,10 @@ def _time_conv_pieces(layer, x, repeats, peak, pooled=False):
                 col2im = K.col2im_serial if serial else K.col2im
                 for n0 in range(lo, hi, step):
                     n1 = min(hi, n0 + step)
-                    cols = timed("im2col", slot, layer._columns, x[n0:n1], buf, serial)
+                    if keep:
+                        cols = kept[n0 * pix:n1 * pix]
+                    else:
+                        cols = timed("im2col", slot, layer._columns, x[n0:n1], buf, serial)
                     dz = dz2d[n0 * pix:n1 * pix]
                     timed("dW GEMM", slot, np.matmul, cols.T, dz, part)
                     if layer.input_grad_needed:
