@@ -121,3 +121,29 @@ def test_two_layers_in_two_python_threads_at_once(two_threads, monkeypatch):
     for result in results:
         for a, b in zip(result, alone):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork exists on POSIX only")
+def test_a_forked_child_can_still_split_batches(two_threads, monkeypatch):
+    # The parent's pool threads do not exist in a child made by fork(); without a fresh pool the
+    # child's first convolution would wait forever for them.
+    import multiprocessing
+    from tinycnn.layers import conv
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    gen = np.random.default_rng(0)
+    x = gen.standard_normal((4, 6, 6, 2))
+    dy = gen.standard_normal((4, 6, 6, 5))
+
+    def make():
+        return Conv2D(5, 3, padding="same", activation="relu", dtype="float64")
+    expected = _run(make, x, dy)  # the parent's pool now exists
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=lambda: queue.put(_run(make, x, dy)))
+    child.start()
+    result = queue.get(timeout=60)
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    for a, b in zip(result, expected):
+        np.testing.assert_array_equal(a, b)

@@ -36,6 +36,18 @@ _blas = None
 _blas_lock = threading.Lock()
 
 
+def _after_fork_in_child():
+    """A forked child has none of the parent's pool threads, and a lock some parent thread held
+    would stay held forever: start afresh (the pool is rebuilt on first use)."""
+    global _pool, _pool_size, _blas_lock
+    _pool, _pool_size = None, 0
+    _blas_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _blas_controllers():
     """threadpoolctl's handles on the loaded BLAS libraries ([] if they cannot be controlled)."""
     global _blas
