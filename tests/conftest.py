@@ -33,6 +33,13 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{label:<40s} {_worst[label]:.2e}   (tolerance {GRAD_TOL:g})")
 
 
+@pytest.fixture
+def winograd_everywhere(monkeypatch):
+    """Let every 3x3 stride-1 convolution take the Winograd path, however few its channels."""
+    from tinycnn.layers import conv
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+
+
 def _pre_layer(input_shape):
     """A small trainable layer in front of the one under test: its own weight gradient depends on
     the tested layer's input gradient, so a wrong or unused backward cannot pass."""

@@ -12,12 +12,6 @@ from tinycnn.layers import (AveragePooling2D, BatchNormalization, Conv2D, Dense,
                             MaxPooling2D)
 
 
-@pytest.fixture
-def winograd_everywhere(monkeypatch):
-    from tinycnn.layers import conv
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
-
-
 def _model(dtype, activation="relu", use_bias=True, pool=None, size=8):
     return Sequential([
         Conv2D(4, 3, padding="same", activation=activation, use_bias=use_bias, dtype=dtype,

@@ -63,13 +63,6 @@ def test_conv2d_rebuilt_columns_give_the_kept_columns_gradients(monkeypatch, str
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.fixture
-def winograd_everywhere(monkeypatch):
-    """Let every 3x3 stride-1 convolution take the Winograd path, however few its channels."""
-    from tinycnn.layers import conv
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
-
-
 @pytest.mark.parametrize("padding, input_shape", [
     ("same", (7, 6, 2)), ("valid", (7, 6, 2)), ("same", (6, 6, 3)), ("valid", (6, 6, 3)),
     ("same", (3, 5, 2)), ("valid", (3, 5, 2)), ("same", (1, 2, 2))])

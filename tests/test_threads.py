@@ -75,9 +75,7 @@ def _run(layer_factory, x, dy):
     (lambda: Conv2D(5, 1, dtype="float64"), (7, 6, 2)),                                      # pointwise
     (lambda: Dense(4, activation="relu", dtype="float64"), (6,)),
 ], ids=["winograd", "im2col", "pointwise", "dense"])
-def test_split_and_fallback_paths_agree(two_threads, monkeypatch, make, input_shape):
-    from tinycnn.layers import conv
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+def test_split_and_fallback_paths_agree(two_threads, winograd_everywhere, monkeypatch, make, input_shape):
     gen = np.random.default_rng(0)
     x = gen.standard_normal((5,) + input_shape)
     layer = make()
@@ -92,16 +90,17 @@ def test_split_and_fallback_paths_agree(two_threads, monkeypatch, make, input_sh
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_two_layers_in_two_python_threads_at_once(two_threads, monkeypatch):
-    # Each thread's split takes the BLAS lock in turn; results equal the same work done alone.
-    from tinycnn.layers import conv
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+def _winograd_case():
+    """A Winograd layer factory and its input and output gradient (with ``winograd_everywhere``)."""
     gen = np.random.default_rng(0)
-    x = gen.standard_normal((4, 7, 6, 2))
-    dy = gen.standard_normal((4, 7, 6, 5))
+    x = gen.standard_normal((4, 6, 6, 2))
+    dy = gen.standard_normal((4, 6, 6, 5))
+    return lambda: Conv2D(5, 3, padding="same", activation="relu", dtype="float64"), x, dy
 
-    def make():
-        return Conv2D(5, 3, padding="same", activation="relu", dtype="float64")
+
+def test_two_layers_in_two_python_threads_at_once(two_threads, winograd_everywhere):
+    # Each thread's split takes the BLAS lock in turn; results equal the same work done alone.
+    make, x, dy = _winograd_case()
     alone = _run(make, x, dy)
     results, errors = [None, None], []
 
@@ -124,18 +123,11 @@ def test_two_layers_in_two_python_threads_at_once(two_threads, monkeypatch):
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork exists on POSIX only")
-def test_a_forked_child_can_still_split_batches(two_threads, monkeypatch):
+def test_a_forked_child_can_still_split_batches(two_threads, winograd_everywhere):
     # The parent's pool threads do not exist in a child made by fork(); without a fresh pool the
     # child's first convolution would wait forever for them.
     import multiprocessing
-    from tinycnn.layers import conv
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
-    gen = np.random.default_rng(0)
-    x = gen.standard_normal((4, 6, 6, 2))
-    dy = gen.standard_normal((4, 6, 6, 5))
-
-    def make():
-        return Conv2D(5, 3, padding="same", activation="relu", dtype="float64")
+    make, x, dy = _winograd_case()
     expected = _run(make, x, dy)  # the parent's pool now exists
 
     ctx = multiprocessing.get_context("fork")

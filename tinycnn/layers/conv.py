@@ -257,15 +257,17 @@ class Conv2D(ActivatedLayer):
 
     # --- Winograd F(2x2, 3x3) for 3x3 stride-1 kernels (see kernels/winograd.py) -------------------
 
-    def _winograd_plan(self, n):
-        """Tile grid and chunk size (images) of the Winograd path, and the transformed kernel U."""
+    def _winograd_plan(self, n, transform_kernel=True):
+        """Tile grid and chunk size (images) of the Winograd path, and the transformed kernel U
+        (computed by the forward pass; backward reuses it, as the weights have not changed since)."""
         oh, ow, f = self.output_shape
         c = self.input_shape[2]
         th, tw = WG.tile_grid(oh, ow)
         per_image = 16 * th * tw * (c + f) * self.dtype.itemsize
         step = int(max(1, min(n, WINOGRAD_CHUNK_BYTES // per_image)))
         u = self._buffer("wino_u", (16, c, f))
-        WG.kernel_transform(self.params["kernel"], u)
+        if transform_kernel:
+            WG.kernel_transform(self.params["kernel"], u)
         return th, tw, step, u
 
     def _winograd_buffers(self, slot, step, th, tw):
@@ -319,7 +321,7 @@ class Conv2D(ActivatedLayer):
         if pool is None:
             dy = dy2d.reshape(n, oh, ow, f)
             y = self._y2d.reshape(n, oh, ow, f) if relu else dy
-        th, tw, step, u = self._winograd_plan(n)
+        th, tw, step, u = self._winograd_plan(n, transform_kernel=False)
         ph, pw = self._pad_h, self._pad_w
         dx = self._buffer("dx", x.shape) if self.input_grad_needed else None
         db_rows = self._buffer("wino_db_rows", (n * th, f), np.float64)
