@@ -424,7 +424,12 @@ class Sequential:
         out = self._forward(x, training=training)
         value, _, grad = self._loss(out, y, sample_weight)
         self._backward(grad)
-        return value, out
+        return value + self._regularization(gradients=True), out
+
+    def _regularization(self, gradients):
+        """The layers' weight penalties (``kernel_regularizer``, ...), added to the loss as Keras
+        does; with ``gradients=True`` each layer also adds its penalty's gradient to ``grads``."""
+        return sum(layer.regularization(gradients) for layer in self.layers)
 
     # --- fit --------------------------------------------------------------------------------------
 
@@ -547,7 +552,7 @@ class Sequential:
         for xb, yb, wb in data.batches(batch_size):
             out = self._forward(xb, training=False)
             value, _, _ = self._loss(out, yb, wb)
-            loss_sum += value * xb.shape[0]
+            loss_sum += (value + self._regularization(gradients=False)) * xb.shape[0]
             seen += xb.shape[0]
             for m in self.metrics:
                 m.update(yb, out.reshape(out.shape[0], -1), wb)

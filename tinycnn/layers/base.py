@@ -173,6 +173,11 @@ class Layer:
     def backward(self, grad_out):
         raise NotImplementedError
 
+    def regularization(self, gradients=False):
+        """This layer's weight penalty (0.0 without regularizers). With ``gradients=True`` the
+        penalty's gradient is added to ``self.grads`` (called after ``backward``)."""
+        return 0.0
+
     def __call__(self, x, training=False):
         """Validated forward pass for direct use: ``y = layer(x)``."""
         x = np.asarray(x)
