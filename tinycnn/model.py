@@ -529,6 +529,7 @@ class Sequential:
                 cb.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
+        self.optimizer.finalize_variable_values(self._trainable())
         for cb in cbs:
             cb.on_train_end()
         return self.history

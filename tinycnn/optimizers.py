@@ -59,6 +59,11 @@ class Optimizer:
         for key, value, grad in params:
             self._update(value.reshape(-1), grad.reshape(-1), self._slots_for(key, value))
 
+    def finalize_variable_values(self, params):
+        """Called by ``fit`` when training ends, with the same ``params`` as :meth:`apply` (Keras's
+        name). Nothing to do here; an optimizer that keeps a moving average of the weights puts it
+        in place now."""
+
     def get_config(self):
         return {"learning_rate": self.learning_rate}
 
