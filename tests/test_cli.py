@@ -89,6 +89,60 @@ def test_train_on_a_folder(tmp_path, capsys):
     assert main(["evaluate", str(out / "model.npz"), "--data", str(tmp_path / "scans")]) == 0
 
 
+def bright_dark_model(path):
+    """A saved model that calls a bright image 'Parasitized' (class 0) and a dark one 'Uninfected'."""
+    from tinycnn.layers import Dense, GlobalAveragePooling2D
+    from tinycnn.models import Sequential
+    model = Sequential([GlobalAveragePooling2D(input_shape=(4, 4, 1)), Dense(2, activation="softmax")])
+    model.build()
+    model.set_weights([np.array([[10.0, -10.0]], np.float32), np.array([-5.0, 5.0], np.float32)])
+    model.compile(loss="categorical_crossentropy")
+    model.metadata = {"class_names": ["Parasitized", "Uninfected"], "positive_class": 0}
+    model.save(path)
+    return str(path)
+
+
+def write_folder(root, classes):
+    """``{subfolder: pixel value}`` -> three 4x4 grayscale PNGs per subfolder."""
+    for name, value in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((4, 4), value, np.uint8)).save(root / name / f"{i}.png")
+    return str(root)
+
+
+def test_evaluate_matches_subfolders_to_the_models_classes_by_name(tmp_path, capsys):
+    model = bright_dark_model(tmp_path / "model.npz")
+    # Subfolders named otherwise, sorted the other way round: refused, not scored with swapped labels.
+    swapped = write_folder(tmp_path / "renamed", {"healthy": 0, "parasitized": 255})
+    assert main(["evaluate", model, "--data", swapped]) == 2
+    err = capsys.readouterr().err
+    assert "['healthy', 'parasitized'] do not match the model's classes ['Parasitized', 'Uninfected']" in err
+    assert "--class-map healthy=CLASS" in err
+    assert main(["evaluate", model, "--data", swapped, "--class-map", "healthy=Uninfected"]) == 0
+    text = capsys.readouterr().out
+    assert "(subfolder 'healthy')" in text
+    assert text.split("accuracy")[1].split()[0] == "1.000"  # every image right, as the model is built
+    # Same names in another case: matched without a map.
+    same = write_folder(tmp_path / "lower", {"uninfected": 0, "parasitized": 255})
+    assert main(["evaluate", model, "--data", same]) == 0
+    assert capsys.readouterr().out.split("accuracy")[1].split()[0] == "1.000"
+    assert main(["evaluate", model, "--data", same, "--class-map", "uninfected"]) == 2
+    assert "expected SUBFOLDER=CLASS pairs" in capsys.readouterr().err
+
+
+def test_split_folders_are_refused_with_the_way_to_say_it(tmp_path, capsys):
+    root = tmp_path / "study"
+    for split in ("train", "valid"):
+        write_folder(root / split, {"benign": 0, "malignant": 255})
+    model = bright_dark_model(tmp_path / "model.npz")
+    for argv in (["train", "--data", str(root), "--epochs", "1", "--out", str(tmp_path / "run")],
+                 ["evaluate", model, "--data", str(root)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "named like data splits" in err and f"--data {root}/train --val-data {root}/valid" in err
+
+
 def test_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["summary", str(tmp_path / "missing.npz")]) == 2
     err = capsys.readouterr().err

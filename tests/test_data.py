@@ -458,3 +458,46 @@ def test_load_digits_images():
 def test_make_lesion_images_still_exported():
     x, y = make_lesion_images(n=4, image_size=8, seed=0)
     assert x.shape == (4, 8, 8, 3) and y.shape == (4,)
+
+
+# --- matching a folder to a model's classes -------------------------------------------------------
+
+def test_with_class_names_follows_the_models_order_by_name(tmp_path):
+    for name, value in (("healthy", 0), ("Parasitized", 255)):
+        for i in range(2):
+            save(tmp_path / "f" / name / f"{i}.png", np.full((3, 3), value, dtype=np.uint8))
+    source = image_folder(tmp_path / "f", image_size=3, color_mode="grayscale")
+    assert source.class_names == ["Parasitized", "healthy"]  # sorted: upper case first
+    model_classes = ["uninfected", "parasitized"]
+    with pytest.raises(ValueError, match=r"the subfolders \['Parasitized', 'healthy'\] do not match the model's "
+                                         r"classes \['uninfected', 'parasitized'\] \(no class for \['healthy'\]\).*"
+                                         r"--class-map healthy=CLASS"):
+        source.with_class_names(model_classes)
+    mapped = source.with_class_names(model_classes, class_map={"HEALTHY": "Uninfected"})  # case ignored
+    assert mapped.class_names == model_classes and mapped.class_folders == ["healthy", "Parasitized"]
+    x, y = mapped.load()
+    np.testing.assert_array_equal(y, [0, 0, 1, 1])
+    np.testing.assert_array_equal(x[:, 0, 0, 0], [0, 0, 1, 1])  # label 0 = the dark 'healthy' images
+    assert "0: uninfected" in mapped.summary() and "(subfolder 'healthy')" in mapped.summary()
+    assert source.class_names == ["Parasitized", "healthy"]  # the original is untouched
+    # A class the folder lacks is allowed (labels stay right); a subfolder the model lacks is not.
+    three = source.with_class_names(["healthy", "parasitized", "other"])
+    assert list(three.class_counts) == [2, 2, 0] and three.class_folders[2] is None
+    with pytest.raises(ValueError, match=r"subfolders \['Parasitized', 'healthy'\] all match the model's class "
+                                         r"'healthy'"):
+        source.with_class_names(["healthy", "x"], class_map={"Parasitized": "healthy"})
+    with pytest.raises(ValueError, match=r"`class_map` names subfolder 'sick'"):
+        source.with_class_names(model_classes, class_map={"sick": "parasitized"})
+    with pytest.raises(ValueError, match=r"maps 'healthy' to 'normal', which is not one of the model's classes"):
+        source.with_class_names(model_classes, class_map={"healthy": "normal"})
+    with pytest.raises(ValueError, match=r"`class_names`: expected a list of at least two distinct str"):
+        source.with_class_names("healthy")
+
+
+@pytest.mark.parametrize("splits", [("train", "valid"), ("Training", "test")])
+def test_split_named_subfolders_are_refused_as_classes(tmp_path, splits):
+    for split in splits:
+        save(tmp_path / "f" / split / "a" / "0.png", np.zeros((2, 2), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"named like data splits, not classes.* --data .*f/" + splits[0]):
+        image_folder(tmp_path / "f")
+    assert image_folder(tmp_path / "f", class_names=list(splits)).class_names == list(splits)  # when meant

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -18,6 +19,11 @@ DEFAULT_OUT = "tinycnn-runs"
 
 
 # --- building blocks ------------------------------------------------------------------------------
+
+def _warn(message):
+    """A warning as one plain line on stderr, as the command line shows every warning."""
+    print(f"tinycnn: warning: {message}", file=sys.stderr)
+
 
 def _loss(args, num_classes):
     from . import losses
@@ -171,25 +177,68 @@ def _load_model(path):
     return load_model(path)
 
 
+def _parse_class_map(items):
+    """``--class-map healthy=Uninfected,sick=Parasitized`` (repeatable) -> {'healthy': 'Uninfected', ...}."""
+    mapping = {}
+    for item in items or []:
+        for pair in filter(None, (p.strip() for p in item.split(","))):
+            folder, sep, name = (part.strip() for part in pair.partition("="))
+            if not sep or not folder or not name:
+                raise ValueError(f"invalid value for --class-map: expected SUBFOLDER=CLASS pairs separated by commas "
+                                 f"(e.g. --class-map healthy=Uninfected,sick=Parasitized), received {pair!r}")
+            if folder in mapping and mapping[folder] != name:
+                raise ValueError(f"invalid value for --class-map: subfolder {folder!r} mapped twice")
+            mapping[folder] = name
+    return mapping
+
+
+def _model_input(model):
+    """``(height, width)`` and the color_mode of the images ``model`` takes."""
+    h, w, c = model.layers[0].input_shape
+    return (h, w), {1: "grayscale", 3: "rgb", 4: "rgba"}[c]
+
+
+def _folder_for_model(path, model, names, class_map):
+    """An image folder read at the model's size, labelled in the model's class order (by name)."""
+    from .data import image_folder
+    size, color = _model_input(model)
+    source = image_folder(path, image_size=size, color_mode=color)
+    if model.metadata.get("class_names") or class_map:
+        source = source.with_class_names(names, class_map)
+    else:
+        _warn(f"the model carries no class names, so subfolders {source.class_names} are taken as classes "
+              f"0..{len(names) - 1} in sorted order; check that this is the order it was trained in")
+    print(source.summary())
+    return source
+
+
 def cmd_evaluate(args):
-    """Report accuracy, AUC, sensitivity, specificity and the confusion matrix of a saved model."""
-    from .data import image_folder, load_npz
-    from .report import classification_report
+    """Report accuracy, AUC, sensitivity, specificity and the confusion matrix of a saved model.
+
+    On a folder, subfolders are matched to the model's class names (ignoring case), never taken in
+    alphabetical order: a mismatch is refused, and --class-map says which subfolder is which class.
+    """
+    from .data import load_npz
+    from .report import report_from_predictions
     model = _load_model(args.model)
     k = model.layers[-1].output_shape[-1]
     names = _class_names(args.class_names, model.metadata.get("class_names") or [str(i) for i in range(k)])
     positive = (_positive_class(args.positive_class, names) if args.positive_class is not None
                 else model.metadata.get("positive_class", 1))
+    class_map = _parse_class_map(args.class_map)
     if os.path.isdir(args.data):
-        h, w = model.layers[0].input_shape[:2]
-        color = "grayscale" if model.layers[0].input_shape[-1] == 1 else "rgb"
-        x, y = image_folder(args.data, image_size=(h, w), color_mode=color).load()
+        source = _folder_for_model(args.data, model, names, class_map)
+        probs, y = model.predict(source, batch_size=32), source.labels
     else:
+        if class_map:
+            raise ValueError("--class-map applies to folders (it maps subfolder names to classes); an .npz holds "
+                             "class indices")
         data = load_npz(args.data)
         x, y = getattr(data, f"x_{args.split}"), getattr(data, f"y_{args.split}")
         if x is None:
             raise ValueError(f"{args.data}: has no '{args.split}' split")
-    print(classification_report(model, x, y, class_names=names, positive_class=positive))
+        probs = model.predict(x, batch_size=32)
+    print(report_from_predictions(y, probs.reshape(len(probs), -1), class_names=names, positive_class=positive))
     return 0
 
 
@@ -303,6 +352,10 @@ def build_parser():
     p.add_argument("model", help="model file written by tinycnn (model.npz)")
     p.add_argument("--data", required=True, help=".npz file or folder with one subfolder per class")
     p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split of an .npz (default test)")
+    p.add_argument("--class-map", action="append", metavar="SUBFOLDER=CLASS,...",
+                   help="folders: which subfolder holds which of the model's classes, for subfolders not named "
+                        "like them (e.g. --class-map healthy=Uninfected,sick=Parasitized); others match by name, "
+                        "ignoring case")
     _report_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -324,10 +377,16 @@ def build_parser():
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    _warn(message)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one plain line, not a file path and a source line
+            return args.func(args)
     except (ValueError, TypeError, OSError) as e:
         # Bad input: one clear line, not a traceback (TINYCNN_DEBUG=1 shows the traceback).
         if os.environ.get("TINYCNN_DEBUG"):

@@ -27,6 +27,9 @@ from ._imaging import COLOR_MODES, INTERPOLATIONS, check_choice, check_image_siz
 #: At most this many skipped files are named in a warning; ``source.skipped`` lists them all.
 _NAMED_IN_WARNING = 10
 
+#: Subfolder names that mean a data split, not a class: refused as classes (see ``_find_classes``).
+SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing")
+
 
 def _visible(name):
     return not name.startswith(".")
@@ -66,6 +69,72 @@ def _check_batch_size(batch_size, where):
     return int(batch_size)
 
 
+def _refuse_split_folders(folders, path, where):
+    """A folder holding ``train/`` and ``valid/`` is a data set's splits, not two classes named so.
+
+    Taken as classes, every image would be labelled by the split it sits in and the model would
+    learn (and report on) nothing real, so this is refused with the way to say what was meant.
+    """
+    splits = [f for f in folders if f.lower() in SPLIT_NAMES]
+    if not splits:
+        return
+    train = next((f for f in folders if f.lower() in ("train", "training")), "train")
+    val = next((f for f in folders if f.lower() in ("val", "valid", "validation")), "valid")
+    raise ValueError(f"{where}: subfolder(s) {splits} are named like data splits, not classes; point at one split "
+                     f"at a time, whose subfolders are the classes: image_folder('{os.path.join(path, train)}') "
+                     f"for fit and image_folder('{os.path.join(path, val)}') as validation_data (on the command "
+                     f"line: --data {os.path.join(path, train)} --val-data {os.path.join(path, val)}). To use "
+                     f"such folders as classes after all, pass class_names={splits!r}")
+
+
+def _match_class_names(folders, class_names, class_map, where):
+    """For each subfolder, the index of its class in ``class_names``; or ValueError listing both sets.
+
+    A subfolder matches the class of the same name, ignoring case (an exact match wins when two
+    names differ only in case); ``class_map`` {subfolder: class name} overrides the name of the
+    subfolders it lists (its keys and values are matched the same way).
+    """
+    if (not isinstance(class_names, (list, tuple)) or len(class_names) < 2
+            or not all(isinstance(n, str) for n in class_names) or len(set(class_names)) != len(class_names)):
+        raise ValueError(f"{where}: invalid value for argument `class_names`: expected a list of at least two "
+                         f"distinct str (the model's classes in label order), received {class_names!r}")
+    if class_map is None:
+        class_map = {}
+    if not isinstance(class_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in class_map.items()):
+        raise ValueError(f"{where}: invalid value for argument `class_map`: expected a dict {{subfolder: class "
+                         f"name}} of str, received {class_map!r}")
+
+    def find(name, names):
+        if name in names:
+            return names.index(name)
+        folded = [k for k, n in enumerate(names) if n.casefold() == name.casefold()]
+        return folded[0] if len(folded) == 1 else None
+
+    mapped = {}
+    for key, value in class_map.items():
+        folder = find(key, folders)
+        if folder is None:
+            raise ValueError(f"{where}: `class_map` names subfolder {key!r}, but the subfolders are {folders}")
+        if find(value, list(class_names)) is None:
+            raise ValueError(f"{where}: `class_map` maps {key!r} to {value!r}, which is not one of the model's "
+                             f"classes {list(class_names)}")
+        mapped[folders[folder]] = value
+    index = [find(mapped.get(f, f), list(class_names)) for f in folders]
+    unmatched = [f for f, k in zip(folders, index) if k is None]
+    if unmatched:
+        raise ValueError(f"{where}: the subfolders {folders} do not match the model's classes {list(class_names)} "
+                         f"(no class for {unmatched}); subfolders are matched to classes by name, ignoring case. "
+                         f"Rename the folders, or map them: class_map={{{', '.join(repr(f) + ': ...' for f in unmatched)}}}"
+                         f" (on the command line: --class-map {','.join(f + '=CLASS' for f in unmatched)})")
+    for k in set(index):
+        twice = [f for f, j in zip(folders, index) if j == k]
+        if len(twice) > 1:
+            raise ValueError(f"{where}: the subfolders {twice} all match the model's class {class_names[k]!r}; each "
+                             f"class may come from one subfolder only")
+    return index
+
+
 class ImageFolder:
     """Images in one subfolder per class, streamed from disk; made by :func:`image_folder`.
 
@@ -79,6 +148,9 @@ class ImageFolder:
         The folder.
     class_names : list of str
         Class ``k`` is ``class_names[k]``.
+    class_folders : list of str or None
+        The subfolder class ``k``'s images come from: its own name, unless :meth:`with_class_names`
+        matched the folders to a model's classes (None for a class with no subfolder).
     file_paths : list of str
         Every readable image, class by class, each class's files in sorted order.
     labels : ndarray (N,) int64
@@ -110,6 +182,7 @@ class ImageFolder:
         self._shuffle_rng = rng.generator(self.seed)
         self._where = where
         self.class_names = self._find_classes(class_names)
+        self.class_folders = list(self.class_names)
         self.file_paths, self.labels, self.skipped = self._scan()
 
     # --- scanning ---------------------------------------------------------------------------------
@@ -133,6 +206,8 @@ class ImageFolder:
                 raise ValueError(f"{where}: `class_names` {missing} are not subfolders of the folder "
                                  f"(its subfolders: {folders})")
             folders = list(class_names)
+        else:
+            _refuse_split_folders(folders, path, where)
         if not folders:
             files = [e for e in entries if os.path.isfile(os.path.join(path, e))]
             found = f"only {len(files)} file(s) directly in it" if files else "it is empty"
@@ -209,8 +284,9 @@ class ImageFolder:
                  f"  images:   {len(self)}, resized to {h}x{w} ({self.interpolation}), color_mode "
                  f"'{self.color_mode}' -> element_shape {self.element_shape}",
                  f"  classes:  {self.num_classes}"]
-        for k, (name, count) in enumerate(zip(self.class_names, self.class_counts)):
-            lines.append(f"    {k}: {name:<20s} {count} images")
+        for k, (name, folder, count) in enumerate(zip(self.class_names, self.class_folders, self.class_counts)):
+            origin = "" if folder == name else (f"  (no subfolder)" if folder is None else f"  (subfolder '{folder}')")
+            lines.append(f"    {k}: {name:<20s} {count} images{origin}")
         lines.append(f"  skipped:  {len(self.skipped)} file(s) Pillow could not read")
         for path, reason in self.skipped:
             lines.append(f"    {path}: {reason}")
@@ -297,6 +373,48 @@ class ImageFolder:
         (train_index, _), (val_index, _) = train_val_split(np.arange(len(self)), self.labels, validation_fraction,
                                                            seed, stratify)
         return self._subset(np.sort(train_index), "training"), self._subset(np.sort(val_index), "validation")
+
+    def with_class_names(self, class_names, class_map=None):
+        """The same images, labelled in the order of ``class_names``: a trained model's classes.
+
+        A folder's labels are its sorted subfolder names; a model's are the order it was trained in.
+        Scoring a model on a folder whose subfolders sort differently (``healthy/``, ``parasitized/``
+        against a model of ``['Parasitized', 'Uninfected']``) would swap every label and report a
+        confidently wrong accuracy, so ``fit``/``evaluate`` on a model that knows its classes should
+        go through this method. Subfolders match classes by name, ignoring case; ``class_map`` maps
+        the ones named otherwise. Every subfolder must match a class. A class may have no subfolder
+        (a test folder without one of the classes still scores the others correctly); its count is 0.
+
+        Parameters
+        ----------
+        class_names : list of str
+            The classes in label order, e.g. ``model.metadata['class_names']``.
+        class_map : dict {str: str}, optional
+            ``{subfolder: class name}``, e.g. ``{'healthy': 'Uninfected'}``.
+
+        Returns
+        -------
+        ImageFolder
+            Same files (grouped class by class in the new order), ``class_names`` as given,
+            ``labels`` remapped, ``class_folders`` naming where each class came from. Nothing is read.
+
+        Raises
+        ------
+        ValueError
+            A subfolder that matches no class (the message lists both sets), two subfolders matching
+            one class, a ``class_map`` naming an unknown subfolder or class, bad arguments.
+        """
+        where = f"{self._where}.with_class_names"
+        index = _match_class_names(self.class_names, class_names, class_map, where)
+        folders = [None] * len(class_names)
+        for folder, k in zip(self.class_folders, index):
+            folders[k] = folder
+        labels = np.asarray(index, dtype=np.int64)[self.labels]
+        order = np.argsort(labels, kind="stable")
+        part = self._subset(order, self.subset)
+        part.labels = labels[order]
+        part.class_names, part.class_folders = list(class_names), folders
+        return part
 
     def _subset(self, index, name):
         part = copy.copy(self)
