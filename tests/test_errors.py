@@ -71,9 +71,18 @@ def test_sparse_labels_out_of_range_and_non_integer():
         m.fit(X, np.array(["a", "b", "a", "b"]), verbose=0)
 
 
-def test_fit_before_compile():
-    with pytest.raises(RuntimeError, match=r"must be compiled first.*before fit\(\)"):
-        model(compiled=False).fit(X, Y)
+@pytest.mark.parametrize("call", ["fit", "evaluate", "train_on_batch"])
+def test_training_or_evaluating_before_compile_is_a_value_error_as_in_keras(call):
+    with pytest.raises(ValueError, match=rf"must be compiled first.*before {call}\(\)"):
+        getattr(model(compiled=False), call)(X, Y)
+
+
+def test_predict_on_zero_samples_gives_an_empty_array_and_evaluate_refuses():
+    m = model()
+    out = m.predict(X[:0])
+    assert out.shape == (0,) + m.output_shape[1:] and out.dtype == m.dtype
+    with pytest.raises(ValueError, match=r"evaluate: `x` holds no samples"):
+        m.evaluate(X[:0], Y[:0], verbose=0)
 
 
 def test_predict_before_the_input_shape_is_known():

@@ -5,6 +5,7 @@ import threading
 import numpy as np
 import pytest
 
+import tinycnn
 from tinycnn import _threads
 from tinycnn.layers import Conv2D, Dense
 
@@ -139,3 +140,147 @@ def test_a_forked_child_can_still_split_batches(two_threads, winograd_everywhere
     assert child.exitcode == 0
     for a, b in zip(result, expected):
         np.testing.assert_array_equal(a, b)
+
+
+# --- public calls from many Python threads (tinycnn/_threads.py: compute_lock) --------------------------
+
+def _small_model(seed):
+    """Winograd (16 channels), batch norm, fused 2x2 max pooling, dropout, a softmax head: every kind
+    of kernel a prediction runs, the parallel ones included (a batch of one image takes them)."""
+    from tinycnn.layers import BatchNormalization, Dropout, Flatten, MaxPooling2D
+    from tinycnn.models import Sequential
+    tinycnn.set_seed(seed)
+    model = Sequential([Conv2D(16, 3, padding="same", activation="relu", input_shape=(8, 8, 3)),
+                        BatchNormalization(), Conv2D(16, 3, padding="same", activation="relu"),
+                        MaxPooling2D(2), Flatten(), Dropout(0.5), Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _hammer(jobs, n_threads):
+    """Run ``jobs`` (callables) on ``n_threads`` threads at once; return their results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        return list(pool.map(lambda job: job(), jobs))
+
+
+@pytest.mark.parametrize("n_models", [1, 2])
+def test_predict_from_eight_threads_equals_predict_alone(n_models):
+    # Before compute_lock, two threads predicting one image each aborted the whole process
+    # (Numba's workqueue layer: "Concurrent access has been detected").
+    models = [_small_model(seed) for seed in range(n_models)]
+    gen = np.random.default_rng(0)
+    x = gen.random((7, 8, 8, 3), dtype=np.float32)
+    sizes = [1, 2, 7, 1, 3]
+    alone = {(m, b): models[m].predict(x[:b]) for m in range(n_models) for b in sizes}
+    jobs = [(i % n_models, sizes[i % len(sizes)]) for i in range(8 * 50)]
+    results = _hammer([lambda m=m, b=b: models[m].predict(x[:b]) for m, b in jobs], 8)
+    for (m, b), out in zip(jobs, results):
+        np.testing.assert_array_equal(out, alone[(m, b)])
+
+
+def test_model_call_grad_cam_and_evaluate_from_threads_equal_alone():
+    from tinycnn.explain import grad_cam
+    model = _small_model(0)
+    gen = np.random.default_rng(1)
+    x = gen.random((4, 8, 8, 3), dtype=np.float32)
+    y = tinycnn.to_categorical([0, 1, 2, 1], 3)
+    calls = {"call": lambda: model(x[:1]),
+             "cam": lambda: grad_cam(model, x[2]).heatmap,
+             "evaluate": lambda: np.array(model.evaluate(x, y, verbose=0))}
+    alone = {k: f() for k, f in calls.items()}
+    keys = list(calls) * 20
+    for key, out in zip(keys, _hammer([calls[k] for k in keys], 6)):
+        np.testing.assert_array_equal(out, alone[key])
+
+
+def test_serving_one_model_while_another_trains_in_a_thread():
+    from concurrent.futures import ThreadPoolExecutor
+    served, trained, reference = _small_model(0), _small_model(1), _small_model(1)
+    gen = np.random.default_rng(2)
+    x = gen.random((16, 8, 8, 3), dtype=np.float32)
+    y = tinycnn.to_categorical(gen.integers(0, 3, 16), 3)
+    expected = served.predict(x[:1])
+    tinycnn.set_seed(5)
+    reference.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        tinycnn.set_seed(5)
+        training = pool.submit(trained.fit, x, y, epochs=2, batch_size=4, verbose=0)
+        answers = [pool.submit(served.predict, x[:1]) for _ in range(40)]
+        for answer in answers:
+            np.testing.assert_array_equal(answer.result(timeout=120), expected)
+        training.result(timeout=120)
+    for a, b in zip(trained.get_weights(), reference.get_weights()):  # as if trained alone
+        np.testing.assert_array_equal(a, b)
+
+
+def test_training_one_model_from_two_threads_is_refused():
+    model = _small_model(0)
+    gen = np.random.default_rng(3)
+    x = gen.random((8, 8, 8, 3), dtype=np.float32)
+    y = tinycnn.to_categorical(gen.integers(0, 3, 8), 3)
+    started, release, errors = threading.Event(), threading.Event(), []
+
+    class Pause(tinycnn.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            started.set()
+            release.wait(timeout=60)
+
+    trainer = threading.Thread(target=model.fit, args=(x, y),
+                               kwargs=dict(epochs=1, batch_size=8, verbose=0, callbacks=[Pause()]))
+    trainer.start()
+    try:
+        assert started.wait(timeout=60)
+        for call in (lambda: model.fit(x, y, verbose=0), lambda: model.train_on_batch(x, y)):
+            with pytest.raises(RuntimeError, match="already being trained by another thread"):
+                call()
+        np.testing.assert_array_equal(model.predict(x[:2]), model.predict(x[:2]))  # inference still works
+    finally:
+        release.set()
+        trainer.join(timeout=60)
+    assert not trainer.is_alive()
+    model.train_on_batch(x, y)  # free again once the first fit has returned
+
+
+_CONCURRENT_SCRIPT = """
+import threading, numpy as np, tinycnn, numba
+from tinycnn.layers import BatchNormalization, Conv2D, Dense, Flatten, MaxPooling2D
+from tinycnn.models import Sequential
+models = [Sequential([Conv2D(16, 3, padding='same', activation='relu', input_shape=(8, 8, 3)),
+                      BatchNormalization(), MaxPooling2D(2), Flatten(), Dense(2, activation='softmax')])
+          for _ in range(2)]
+x = np.random.default_rng(0).random((1, 8, 8, 3), dtype=np.float32)
+expected = [m.predict(x) for m in models]
+bad = []
+def run(i):
+    for _ in range(30):
+        if not np.array_equal(models[i % 2].predict(x), expected[i % 2]):
+            bad.append(i)
+threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print('layer', numba.threading_layer(), 'bad', len(bad))
+"""
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "omp"])
+def test_no_abort_under_numba_threading_layers(layer):
+    # A fresh process per threading layer: the layer is chosen once, at the first parallel launch.
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_THREADING_LAYER=layer)
+    done = subprocess.run([sys.executable, "-c", _CONCURRENT_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"layer {layer} bad 0" in done.stdout
+
+
+def test_load_model_from_eight_threads_at_once(tmp_path):
+    model = _small_model(0)
+    path = str(tmp_path / "m.npz")
+    model.save(path)
+    x = np.random.default_rng(4).random((2, 8, 8, 3), dtype=np.float32)
+    expected = model.predict(x)
+    outputs = _hammer([lambda: tinycnn.load_model(path).predict(x) for _ in range(16)], 8)
+    for out in outputs:
+        np.testing.assert_array_equal(out, expected)

@@ -36,12 +36,37 @@ _blas = None
 _blas_lock = threading.Lock()
 
 
+# --- one batch at a time through the layers ----------------------------------------------------------
+
+#: The lock behind :func:`compute_lock`. Held by every public call while it runs one batch through
+#: a model's layers (a training step, a prediction batch, a Grad-CAM pass, ``layer(x)``). Two
+#: reasons, both about calls from several Python threads at once:
+#:
+#: * Numba's ``workqueue`` threading layer *aborts the process* when two threads enter parallel
+#:   kernels at the same time ("Concurrent access has been detected"), and a batch of one image, or a
+#:   batch norm, pooling or optimizer step, runs such kernels.
+#: * A layer keeps per-call state (its output buffers, the input its backward pass needs), so two
+#:   batches through one model at once would overwrite each other's.
+#:
+#: It is reentrant (a callback may call ``predict`` inside ``fit``) and held for one batch, not for
+#: a whole ``fit``: threads take turns batch by batch. On this project's 2-core target each batch
+#: already uses both cores, so taking turns costs little throughput.
+_compute_lock = threading.RLock()
+
+
+def compute_lock():
+    """``with compute_lock():`` around one batch through the layers (see ``_compute_lock``). A
+    function, not a name to import, so that a forked child's fresh lock is the one taken."""
+    return _compute_lock
+
+
 def _after_fork_in_child():
     """A forked child has none of the parent's pool threads, and a lock some parent thread held
     would stay held forever: start afresh (the pool is rebuilt on first use)."""
-    global _pool, _pool_size, _blas_lock
+    global _pool, _pool_size, _blas_lock, _compute_lock
     _pool, _pool_size = None, 0
     _blas_lock = threading.Lock()
+    _compute_lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -17,6 +17,7 @@ passes in inference mode, so it explains exactly the network that ``predict`` ru
 import numpy as np
 from PIL import Image
 
+from ._threads import compute_lock
 from .layers import Conv2D
 
 
@@ -78,9 +79,13 @@ def grad_cam(model, image, class_index=None, layer=None):
         raise ValueError(f"grad_cam: expected one image, received a batch of {x.shape[0]}")
     x = np.ascontiguousarray(x, dtype=model.dtype)
     target = _target_layer(model, layer)
+    with compute_lock():  # one batch through the layers at a time (see tinycnn/_threads.py)
+        return _grad_cam(model, x, class_index, target)
+
+
+def _grad_cam(model, x, class_index, target):
     head = model.layers[-1]
     n_out = head.output_shape[-1]
-
     activations = None
     out = x
     for i, lay in enumerate(model.layers):

@@ -14,7 +14,9 @@ Inputs are validated once, here, at the entry points; the layers trust what they
 import math
 import os
 import sys
+import threading
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -23,6 +25,7 @@ from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from . import rng
+from ._threads import compute_lock
 from .batching import ArrayBatches, SourceBatches, is_batch_source
 from .layers.base import Layer, unique_name
 from .layers.conv import Conv2D
@@ -206,13 +209,13 @@ class Sequential:
 
     def _require_compiled(self, where):
         if not self.compiled:
-            raise RuntimeError(f"{where}: the model must be compiled first: call "
-                               f"model.compile(optimizer='adam', loss='categorical_crossentropy', "
-                               f"metrics=['accuracy']) before {where}()")
+            raise ValueError(f"{where}: the model must be compiled first: call "
+                             f"model.compile(optimizer='adam', loss='categorical_crossentropy', "
+                             f"metrics=['accuracy']) before {where}()")
 
     # --- validation at the entry points -----------------------------------------------------------
 
-    def _check_x(self, x, where, argument="x"):
+    def _check_x(self, x, where, argument="x", allow_empty=False):
         if x is None:
             raise ValueError(f"{where}: argument `{argument}` is required")
         x = _as_array(x, where, argument)
@@ -227,7 +230,7 @@ class Sequential:
         if x.ndim != len(expected) or tuple(x.shape[1:]) != first.input_shape:
             raise ValueError(f"{where}: input to layer '{first.name}' ({type(first).__name__}) must have shape "
                              f"{expected}, received `{argument}` with shape {x.shape}")
-        if x.shape[0] == 0:
+        if x.shape[0] == 0 and not allow_empty:
             raise ValueError(f"{where}: `{argument}` holds no samples (shape {x.shape})")
         if x.dtype.kind == "f":
             # Per-sample extremes: NaN propagates through max/min, so one pass each finds NaN, Inf and
@@ -340,7 +343,7 @@ class Sequential:
                              f"received {class_weight!r}")
         return table
 
-    def _data(self, x, y, sample_weight, where, need_targets=True):
+    def _data(self, x, y, sample_weight, where, need_targets=True, allow_empty=False):
         """Validate the data given to an entry point; return an ArrayBatches or SourceBatches."""
         if is_batch_source(x):
             if y is not None or sample_weight is not None:
@@ -353,10 +356,10 @@ class Sequential:
                 first = self.layers[0]
                 raise ValueError(f"{where}: input to layer '{first.name}' ({type(first).__name__}) must have shape "
                                  f"{(None,) + first.input_shape}, but the batch source yields {(None,) + shape}")
-            if len(x) == 0:
+            if len(x) == 0 and not allow_empty:
                 raise ValueError(f"{where}: the batch source holds no samples")
             return SourceBatches(x, self, where, need_targets)
-        x = self._check_x(x, where)
+        x = self._check_x(x, where, allow_empty=allow_empty)
         y = self._check_y(y, x.shape[0], where) if need_targets else None
         sw = self._check_sample_weight(sample_weight, x.shape[0], where) if need_targets else None
         return ArrayBatches(x, y, sw, self.dtype)
@@ -433,6 +436,28 @@ class Sequential:
 
     # --- fit --------------------------------------------------------------------------------------
 
+    @contextmanager
+    def _training(self, where):
+        """Mark this model as being trained by the calling thread for the duration of the block.
+
+        Another thread that tries to train the same model meanwhile gets a RuntimeError: two
+        training loops interleaving their steps on one set of weights and optimizer moments would
+        silently corrupt both. The same thread may nest (``train_on_batch`` from a callback).
+        """
+        me = threading.get_ident()
+        with self.__dict__.setdefault("_trainer_lock", threading.Lock()):
+            owner = self.__dict__.get("_trainer")
+            if owner is not None and owner[0] != me:
+                raise RuntimeError(f"{where}: model '{self.name}' is already being trained by another thread "
+                                   f"({owner[1]}); train one model from one thread at a time (predict and "
+                                   f"evaluate may be called from any thread)")
+            self._trainer = (me, where) if owner is None else owner
+        try:
+            yield
+        finally:
+            if owner is None:
+                self._trainer = None
+
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0):
@@ -446,6 +471,12 @@ class Sequential:
         ``N / (K * count_k)``, scikit-learn's rule).
         """
         self._require_compiled("fit")
+        with self._training("fit"):
+            return self._fit(x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
+                             shuffle, class_weight, sample_weight, initial_epoch)
+
+    def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
+             class_weight, sample_weight, initial_epoch):
         train = self._data(x, y, sample_weight, "fit")
         batch_size = self._check_batch_size(batch_size, "fit")
         if not _is_int(epochs) or epochs < 0:
@@ -501,12 +532,13 @@ class Sequential:
             for m in self.metrics:
                 m.reset()
             for step, (xb, yb, wb) in enumerate(train.batches(batch_size, shuffle, shuffle_rng)):
-                value, out = self.compute_gradients(xb, yb, wb)
-                self.optimizer.apply(self._trainable())
+                with compute_lock():
+                    value, out = self.compute_gradients(xb, yb, wb)
+                    self.optimizer.apply(self._trainable())
+                    for m in self.metrics:
+                        m.update(yb, out.reshape(out.shape[0], -1), wb)
                 seen += xb.shape[0]
                 loss_sum += value * xb.shape[0]
-                for m in self.metrics:
-                    m.update(yb, out.reshape(out.shape[0], -1), wb)
                 logs = {"loss": loss_sum / seen}
                 if batch_metrics:
                     logs.update({m.name: m.result() for m in self.metrics})
@@ -551,12 +583,13 @@ class Sequential:
         for m in self.metrics:
             m.reset()
         for xb, yb, wb in data.batches(batch_size):
-            out = self._forward(xb, training=False)
-            value, _, _ = self._loss(out, yb, wb)
+            with compute_lock():
+                out = self._forward(xb, training=False)
+                value, _, _ = self._loss(out, yb, wb)
+                for m in self.metrics:
+                    m.update(yb, out.reshape(out.shape[0], -1), wb)
             loss_sum += (value + self._regularization(gradients=False)) * xb.shape[0]
             seen += xb.shape[0]
-            for m in self.metrics:
-                m.update(yb, out.reshape(out.shape[0], -1), wb)
         return {"loss": loss_sum / seen, **{m.name: m.result() for m in self.metrics}}
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, return_dict=False):
@@ -577,16 +610,18 @@ class Sequential:
     def predict(self, x, batch_size=None, verbose=0):
         """Outputs for ``x`` in inference mode, batch by batch: ``(N,) + output_shape``.
 
-        ``x`` may be a batch source (read in its own order, unshuffled). Keras's default
-        ``verbose`` is 'auto'; tinycnn prints nothing unless asked.
+        ``x`` may be a batch source (read in its own order, unshuffled). Zero samples give an empty
+        ``(0,) + output_shape`` array, as Keras and NumPy code expect after filtering a batch down to
+        nothing. Keras's default ``verbose`` is 'auto'; tinycnn prints nothing unless asked.
         """
-        data = self._data(x, None, None, "predict", need_targets=False)
+        data = self._data(x, None, None, "predict", need_targets=False, allow_empty=True)
         batch_size = self._check_batch_size(batch_size, "predict")
         self._warn_if_batchnorm_unsettled()
         out = np.empty((len(data),) + self.layers[-1].output_shape, dtype=self.dtype)
         lo = 0
         for xb, _, _ in data.batches(batch_size):
-            out[lo:lo + xb.shape[0]] = self._forward(xb, training=False)
+            with compute_lock():
+                out[lo:lo + xb.shape[0]] = self._forward(xb, training=False)
             lo += xb.shape[0]
         if lo != out.shape[0]:
             raise ValueError(f"predict: the batch source announced {out.shape[0]} samples but yielded {lo}")
@@ -597,7 +632,8 @@ class Sequential:
     def __call__(self, x, training=False):
         """``model(x)``: the forward pass on a batch, validated, as Keras's functional call."""
         x = self._check_x(x, "Sequential.__call__")
-        return self._forward(np.ascontiguousarray(x, dtype=self.dtype), training=training).copy()
+        with compute_lock():
+            return self._forward(np.ascontiguousarray(x, dtype=self.dtype), training=training).copy()
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         """One optimizer step on one batch; returns the loss (and metrics on that batch)."""
@@ -609,13 +645,14 @@ class Sequential:
             labels = self._class_labels(y)
             cw = self._class_weights(class_weight, labels, "train_on_batch")[labels]
             sw = cw if sw is None else sw * cw
-        value, out = self.compute_gradients(np.ascontiguousarray(x, dtype=self.dtype), y, sw)
-        self.optimizer.apply(self._trainable())
-        result = {"loss": value}
-        for m in self.metrics:
-            m.reset()
-            m.update(y, out.reshape(out.shape[0], -1), sw)
-            result[m.name] = m.result()
+        with self._training("train_on_batch"), compute_lock():
+            value, out = self.compute_gradients(np.ascontiguousarray(x, dtype=self.dtype), y, sw)
+            self.optimizer.apply(self._trainable())
+            result = {"loss": value}
+            for m in self.metrics:
+                m.reset()
+                m.update(y, out.reshape(out.shape[0], -1), sw)
+                result[m.name] = m.result()
         if return_dict:
             return result
         values = list(result.values())
@@ -646,9 +683,10 @@ class Sequential:
             count = 0
             shift = None
             for h, _, _ in data.batches(batch_size):
-                for layer in self.layers[:k]:
-                    h = layer.forward(h, training=False)
-                h2d = h.reshape(-1, c).astype(np.float64)
+                with compute_lock():
+                    for layer in self.layers[:k]:
+                        h = layer.forward(h, training=False)
+                    h2d = h.reshape(-1, c).astype(np.float64)
                 if shift is None:
                     shift = h2d[0].copy()  # shifted sums keep the variance accurate
                 d = h2d - shift

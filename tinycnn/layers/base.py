@@ -28,6 +28,7 @@ import numpy as np
 from .. import activations
 from .. import initializers
 from .. import rng
+from .._threads import compute_lock
 from ..kernels import conv as conv_kernels
 from ..kernels._util import column_sums
 
@@ -190,7 +191,8 @@ class Layer:
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"{self.describe()}: expected input with shape {(None,) + self.input_shape}, "
                              f"received {x.shape}")
-        return self.forward(np.ascontiguousarray(x, dtype=self.dtype), training=training).copy()
+        with compute_lock():
+            return self.forward(np.ascontiguousarray(x, dtype=self.dtype), training=training).copy()
 
     # --- weights ----------------------------------------------------------------------------------
 
