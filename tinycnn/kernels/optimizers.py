@@ -11,6 +11,18 @@ SGD with momentum ``mu`` (Keras form):
     velocity = mu * velocity - lr * g
     p = p + velocity                         (plain)
     p = p + mu * velocity - lr * g           (Nesterov)
+
+RMSprop with decay ``rho`` (Keras form: epsilon inside the square root):
+
+    velocity = rho * velocity + (1 - rho) * g^2
+    average_gradient = rho * average_gradient + (1 - rho) * g          (centered only)
+    increment = lr * g / sqrt(velocity - average_gradient^2 + epsilon)  (centered)
+              = lr * g / sqrt(velocity + epsilon)                       (plain)
+    momentum_buffer = mu * momentum_buffer + increment;  p = p - momentum_buffer   (mu > 0)
+    p = p - increment                                                    (mu = 0)
+
+Shared by every optimizer: decoupled weight decay ``p = p - p * weight_decay * lr`` (before the
+step) and the moving average of the weights ``average = m * average + (1 - m) * p`` (after it).
 """
 import math
 
@@ -43,3 +55,42 @@ def sgd_update(p, g, velocity, lr, momentum, nesterov):
             p[i] += momentum * vel - lr * g[i]
         else:
             p[i] += vel
+
+
+@njit(parallel=True, cache=True)
+def rmsprop_update(p, g, velocity, momentum_buffer, average_gradient, lr, rho, momentum, epsilon):
+    """RMSprop (Keras form). p, g, velocity : ndarray (P,). ``momentum_buffer`` is used when
+    ``momentum > 0`` and ``average_gradient`` (the centred variant) when it has P entries; either
+    may have size 0 otherwise."""
+    centered = average_gradient.shape[0] == p.shape[0]
+    for i in prange(p.shape[0]):
+        gi = g[i]
+        vi = rho * velocity[i] + (1 - rho) * gi * gi
+        velocity[i] = vi
+        if centered:
+            ai = rho * average_gradient[i] + (1 - rho) * gi
+            average_gradient[i] = ai
+            increment = lr * gi / math.sqrt(vi - ai * ai + epsilon)
+        else:
+            increment = lr * gi / math.sqrt(vi + epsilon)
+        if momentum > 0:
+            mi = momentum * momentum_buffer[i] + increment
+            momentum_buffer[i] = mi
+            p[i] -= mi
+        else:
+            p[i] -= increment
+
+
+@njit(parallel=True, cache=True)
+def decay_weights(p, rate):
+    """Decoupled weight decay, ``p -= p * rate`` with ``rate = weight_decay * lr``. p : ndarray (P,)."""
+    for i in prange(p.shape[0]):
+        p[i] -= p[i] * rate
+
+
+@njit(parallel=True, cache=True)
+def moving_average_update(average, p, momentum):
+    """Exponential moving average of the weights, ``average = momentum * average + (1 - momentum) * p``.
+    average, p : ndarray (P,)."""
+    for i in prange(p.shape[0]):
+        average[i] = momentum * average[i] + (1 - momentum) * p[i]
