@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import activations
 from .. import initializers
+from .. import regularizers
 from .. import rng
 from .._threads import compute_lock
 from ..kernels import conv as conv_kernels
@@ -250,7 +251,40 @@ class ActivatedLayer(Layer):
     activations the pre-activation ``z`` is kept as ``self.logits``, so that a softmax (or sigmoid)
     head can hand its logits to the loss: the model then calls :meth:`backward_from_logits` with
     ``dL/dz`` and the activation's own backward is skipped.
+
+    Parameters
+    ----------
+    kernel_regularizer, bias_regularizer : Regularizer, str or dict, optional
+        A weight penalty added to the loss (``tinycnn.regularizers``: ``'l2'``, ``L2(1e-4)``, ...);
+        :meth:`regularization` gives its value and adds its gradient to ``grads``.
+    **kwargs
+        :class:`Layer`'s arguments.
     """
+
+    def __init__(self, kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer, "kernel_regularizer", self.describe())
+        self.bias_regularizer = regularizers.get(bias_regularizer, "bias_regularizer", self.describe())
+
+    def _penalties(self):
+        """``(regularizer, weight name)`` for each penalty that applies to a built weight."""
+        return [(reg, name) for reg, name in ((self.kernel_regularizer, "kernel"), (self.bias_regularizer, "bias"))
+                if reg is not None and name in self.params]
+
+    def regularization(self, gradients=False):
+        """The weight penalties' sum; with ``gradients=True`` also ``grads[name] += d penalty / d w``."""
+        total = 0.0
+        for reg, name in self._penalties():
+            w = self.params[name]
+            total += reg.penalty(w)
+            if gradients:
+                reg.add_gradient(w, self.grads[name])
+        return total
+
+    @property
+    def losses(self):
+        """The penalties as a list of floats, one per regularized weight (Keras's ``layer.losses``)."""
+        return [reg.penalty(self.params[name]) for reg, name in self._penalties()]
 
     def _init_activation(self, activation, use_bias, kernel_initializer, bias_initializer):
         self.activation = activations.get(activation, self.describe())
@@ -270,6 +304,8 @@ class ActivatedLayer(Layer):
                 raise ValueError(f"{self.describe()}: a custom `{arg}` callable cannot be saved; "
                                  f"use one of the named initializers")
             config[arg] = name
+        config["kernel_regularizer"] = regularizers.serialize(self.kernel_regularizer)
+        config["bias_regularizer"] = regularizers.serialize(self.bias_regularizer)
         return config
 
     def _bias(self):
