@@ -5,12 +5,14 @@ A callback overrides any of ``on_train_begin``, ``on_epoch_begin``, ``on_train_b
 ``model.stop_training = True`` ends ``fit`` after the current epoch.
 
 Ready-made, with Keras's names, arguments and defaults: ``History`` (always added by ``fit``),
-``EarlyStopping``, ``ModelCheckpoint``, ``ReduceLROnPlateau``, ``CSVLogger``, ``TerminateOnNaN``.
+``EarlyStopping``, ``ModelCheckpoint``, ``ReduceLROnPlateau``, ``LearningRateScheduler``,
+``SwapEMAWeights``, ``CSVLogger``, ``TerminateOnNaN``.
 Callbacks run in the order given, then ``History``; all of them receive the same ``logs`` dict
 at the end of an epoch, so a value one callback adds (``ReduceLROnPlateau``'s ``learning_rate``)
 is seen by those after it and recorded in the history.
 """
 import csv
+import inspect
 import math
 import os
 import string
@@ -50,6 +52,10 @@ class Callback:
 
     def on_test_begin(self, logs=None):
         """Called before each validation pass of ``fit`` (Keras's name)."""
+        pass
+
+    def on_test_end(self, logs=None):
+        """Called after each validation pass of ``fit`` (Keras's name)."""
         pass
 
 
@@ -507,6 +513,120 @@ class ReduceLROnPlateau(Callback):
                     self.wait = 0
 
 
+class LearningRateScheduler(Callback):
+    """Set the learning rate at the start of every epoch from a function of the epoch, Keras's
+    ``LearningRateScheduler``.
+
+    Parameters
+    ----------
+    schedule : callable
+        ``schedule(epoch, lr) -> new_lr`` (``epoch`` counted from 0, ``lr`` the current rate), or
+        ``schedule(epoch) -> new_lr``. The result must be a float > 0.
+    verbose : int, default 0
+        1 prints the new rate every epoch.
+
+    Notes
+    -----
+    The rate is written to the logs as ``learning_rate`` at the end of every epoch, so it is in
+    ``history.history['learning_rate']`` (as Keras 3). For a rate that changes every batch, give
+    the optimizer a schedule from ``tinycnn.optimizers.schedules`` instead; an optimizer built with
+    one refuses to have its rate set (TypeError), as in Keras.
+
+    Examples
+    --------
+    >>> LearningRateScheduler(lambda epoch, lr: lr if epoch < 10 else lr * 0.9)
+    """
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise ValueError(f"LearningRateScheduler: invalid value for argument `schedule`: expected a function "
+                             f"schedule(epoch, lr) -> float, received {schedule!r}")
+        self.schedule = schedule
+        self.verbose = _check_int(verbose, "verbose", "LearningRateScheduler")
+        self._takes_lr = _accepts_two_arguments(schedule)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        if self._takes_lr:
+            lr = self.schedule(epoch, float(optimizer.learning_rate))
+        else:
+            lr = self.schedule(epoch)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"LearningRateScheduler: the schedule returned {lr!r} for epoch {epoch}; expected a "
+                             f"float > 0")
+        optimizer.learning_rate = float(lr)
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr)}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
+def _accepts_two_arguments(function):
+    """Whether ``function(epoch, lr)`` is a valid call (else it is called as ``function(epoch)``)."""
+    try:
+        inspect.signature(function).bind(0, 0.0)
+    except TypeError:
+        return False
+    except ValueError:  # no signature available (some builtins): try the newer form
+        return True
+    return True
+
+
+class SwapEMAWeights(Callback):
+    """Evaluate (and optionally checkpoint) the moving average of the weights during training,
+    Keras's ``SwapEMAWeights``; needs an optimizer with ``use_ema=True``.
+
+    Before each validation pass the weights are exchanged with their moving averages, and after
+    it exchanged back, so ``val_*`` scores are those of the averaged model while training goes on
+    with the raw weights. With ``swap_on_epoch=True`` the averages also stay in the model from the
+    end of each epoch to the start of the next, so callbacks after this one (``ModelCheckpoint``)
+    see and save the averaged model.
+
+    Parameters
+    ----------
+    swap_on_epoch : bool, default False
+
+    Notes
+    -----
+    The swap is the optimizer's (:meth:`~tinycnn.optimizers.Optimizer.swap_average_weights`), which
+    knows whether the averages are in: whatever the order of callbacks, the optimizer always steps
+    the raw weights, and ``fit`` ends with the averages in the model (Keras's
+    ``finalize_variable_values``).
+    """
+
+    def __init__(self, swap_on_epoch=False):
+        super().__init__()
+        self.swap_on_epoch = _check_bool(swap_on_epoch, "swap_on_epoch", "SwapEMAWeights")
+
+    def _swap(self, averages_in):
+        optimizer = self.model.optimizer
+        if not getattr(optimizer, "use_ema", False):
+            raise ValueError(f"SwapEMAWeights: the model's optimizer must keep a moving average of the weights; "
+                             f"compile with an optimizer created with use_ema=True, received {optimizer!r}")
+        if optimizer.average_swapped != averages_in:
+            optimizer.swap_average_weights(self.model._trainable())
+
+    def on_train_begin(self, logs=None):
+        self._swap(False)  # checks the optimizer
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._swap(False)
+
+    def on_test_begin(self, logs=None):
+        self._swap(True)
+
+    def on_test_end(self, logs=None):
+        if not self.swap_on_epoch:
+            self._swap(False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._swap(self.swap_on_epoch)
+
+
 class CSVLogger(Callback):
     """Write one CSV row per epoch: ``epoch`` and every logged value, Keras's ``CSVLogger``.
 
@@ -569,7 +689,9 @@ class CSVLogger(Callback):
 
 
 def _format_logs(logs):
-    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+    """Keras's progress-bar format: 4 decimals, or 4 significant digits for values up to 1e-3
+    (a learning rate of 1e-4 shows as ``1.0000e-04``)."""
+    return " - ".join(f"{k}: {v:.4f}" if abs(v) > 1e-3 else f"{k}: {v:.4e}" for k, v in logs.items())
 
 
 def _format_time(seconds):

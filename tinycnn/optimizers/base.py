@@ -129,6 +129,7 @@ class Optimizer:
             raise ValueError(f"{owner}: invalid value for argument `name`: expected a str, received {name!r}")
         self.name = name or owner.lower()
         self.slots = {}
+        self._swapped = None  # the swapped-in params by key, while swap_average_weights is in effect
         self.exclude_from_weight_decay(var_names=exclude_from_weight_decay)
 
     # --- learning rate ------------------------------------------------------------------------------
@@ -235,6 +236,8 @@ class Optimizer:
     def apply(self, params):
         """One update step for every ``(key, value, gradient)``; increments ``iterations``."""
         params = list(params)
+        if self._swapped is not None:
+            self.swap_average_weights(params)
         lr = self.learning_rate
         grads = self._clip([grad.reshape(-1) for _, _, grad in params])
         momentum = self.ema_momentum if self.iterations > 0 else 0.0
@@ -263,10 +266,42 @@ class Optimizer:
         the model evaluated and saved after ``fit`` is the averaged one. Otherwise nothing happens."""
         if not self.use_ema:
             return
+        if self._swapped is not None:
+            self.swap_average_weights(params)
+        for value, average in self._averages(params):
+            value[...] = average
+
+    def _averages(self, params):
+        """``(flat weights, flat average)`` for each parameter that has an average."""
+        pairs = []
         for key, value, _ in params:
             slots = self.slots.get(key)
             if slots is not None and slots[-1].size == value.size:
-                value.reshape(-1)[...] = slots[-1]
+                pairs.append((value.reshape(-1), slots[-1]))
+        return pairs
+
+    def swap_average_weights(self, params):
+        """Exchange the weights and their moving averages, in place; a second call swaps back.
+
+        For evaluating (or saving) the averaged model in the middle of training
+        (``callbacks.SwapEMAWeights``). While swapped, :attr:`average_swapped` is True, :meth:`apply`
+        first swaps back (training always steps the raw weights), and :meth:`get_state` reports the
+        averages, which then sit in the model.
+        """
+        if not self.use_ema:
+            raise ValueError(f"{type(self).__name__}: swapping in the moving average of the weights needs "
+                             f"use_ema=True")
+        params = list(params)
+        for value, average in self._averages(params):
+            raw = value.copy()
+            value[...] = average
+            average[...] = raw
+        self._swapped = None if self._swapped is not None else {key: value for key, value, _ in params}
+
+    @property
+    def average_swapped(self):
+        """True while :meth:`swap_average_weights` has put the averages into the model."""
+        return self._swapped is not None
 
     # --- configuration and state --------------------------------------------------------------------
 
@@ -292,10 +327,13 @@ class Optimizer:
         for key, arrays in self.slots.items():
             for slot, arr in zip(self.slot_names, arrays):
                 state[f"{key}/{slot}"] = arr
+            if self._swapped is not None and key in self._swapped:
+                state[f"{key}/average"] = self._swapped[key].reshape(-1)
         return state
 
     def set_state(self, state):
         self.iterations = int(state.get("iterations", 0))
+        self._swapped = None
         slots = {}
         for name, arr in state.items():
             if name == "iterations":
