@@ -1,4 +1,5 @@
-"""Callbacks: EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, CSVLogger, TerminateOnNaN.
+"""Callbacks: EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, LearningRateScheduler, SwapEMAWeights,
+CSVLogger, TerminateOnNaN.
 
 Each is driven once through a real tiny model and ``fit``, and its rules are pinned down with
 made-up logs handed straight to ``on_epoch_end``.
@@ -12,9 +13,10 @@ import numpy as np
 import pytest
 
 import tinycnn
-from tinycnn import callbacks, metrics
-from tinycnn.callbacks import (Callback, CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau,
-                               TerminateOnNaN)
+from tinycnn import callbacks, metrics, optimizers
+from tinycnn.callbacks import (Callback, CSVLogger, EarlyStopping, LearningRateScheduler, ModelCheckpoint,
+                               ReduceLROnPlateau, SwapEMAWeights, TerminateOnNaN)
+from tinycnn.optimizers import schedules
 from tinycnn.layers import Dense
 from tinycnn.models import Sequential, load_model
 
@@ -423,3 +425,123 @@ def test_no_warning_when_everything_is_logged(tmp_path):
         tiny_model().fit(x, y, epochs=2, validation_data=val, verbose=0,
                          callbacks=[EarlyStopping(), ModelCheckpoint(str(tmp_path / "m.npz"), save_best_only=True),
                                     ReduceLROnPlateau(), CSVLogger(str(tmp_path / "log.csv"))])
+
+
+# --- LearningRateScheduler ------------------------------------------------------------------------------
+
+def test_learning_rate_scheduler_sets_each_epoch_and_history_records_it(capsys):
+    x, y, val = diverging_data()
+    model = tiny_model()
+    history = model.fit(x, y, epochs=3, batch_size=16, verbose=0,
+                        callbacks=[LearningRateScheduler(lambda epoch, lr: lr * 0.5, verbose=1)])
+    assert history.history["learning_rate"] == pytest.approx([0.025, 0.0125, 0.00625])
+    assert "Epoch 2: LearningRateScheduler setting learning rate to 0.0125." in capsys.readouterr().out
+    # The one-argument form, and a schedule object evaluated per epoch
+    model = tiny_model()
+    history = model.fit(x, y, epochs=3, batch_size=16, verbose=0,
+                        callbacks=[LearningRateScheduler(schedules.ExponentialDecay(0.1, 1, 0.1))])
+    assert history.history["learning_rate"] == pytest.approx([0.1, 0.01, 0.001])
+    assert model.optimizer.learning_rate == pytest.approx(0.001)
+
+
+def test_learning_rate_scheduler_moves_the_weights_as_the_rate_says():
+    """Two epochs at rates 0.05 then 0.01 equal one fit at 0.05 followed by one at 0.01."""
+    x, y, _ = diverging_data()
+    scheduled = tiny_model(learning_rate=0.05)
+    scheduled.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False,
+                  callbacks=[LearningRateScheduler(lambda epoch: [0.05, 0.01][epoch])])
+    by_hand = tiny_model(learning_rate=0.05)
+    by_hand.fit(x, y, epochs=1, batch_size=16, verbose=0, shuffle=False)
+    by_hand.optimizer.learning_rate = 0.01
+    by_hand.fit(x, y, epochs=1, batch_size=16, verbose=0, shuffle=False)
+    assert_same_weights(scheduled.get_weights(), by_hand.get_weights())
+
+
+def test_learning_rate_scheduler_errors():
+    x, y, _ = diverging_data()
+    with pytest.raises(ValueError, match="LearningRateScheduler: the schedule returned 0 for epoch 1; expected a "
+                                         "float > 0"):
+        tiny_model().fit(x, y, epochs=3, verbose=0, callbacks=[LearningRateScheduler(lambda e: [0.1, 0][e])])
+    with pytest.raises(ValueError, match="LearningRateScheduler: invalid value for argument `schedule`"):
+        LearningRateScheduler(0.1)
+    model = tiny_model()
+    model.compile(optimizer=optimizers.SGD(schedules.CosineDecay(0.1, 100)), loss="categorical_crossentropy")
+    with pytest.raises(TypeError, match="not settable"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[LearningRateScheduler(lambda e: 0.1)])
+
+
+def test_progress_line_shows_small_values_as_keras():
+    assert callbacks._format_logs({"loss": 0.51234, "learning_rate": 1e-4, "zero": 0.0}) == \
+        "loss: 0.5123 - learning_rate: 1.0000e-04 - zero: 0.0000e+00"
+
+
+# --- SwapEMAWeights -------------------------------------------------------------------------------------
+
+def ema_model(seed=0):
+    tinycnn.set_seed(seed)
+    model = Sequential([Dense(2, activation='softmax', input_shape=(4,))])
+    model.compile(optimizer=optimizers.SGD(0.2, momentum=0.9, use_ema=True, ema_momentum=0.8),
+                  loss='categorical_crossentropy')
+    return model
+
+
+class EpochEndWeights(Callback):
+    """The weights the model holds at each epoch end (as a callback placed here sees them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.at_epoch_end = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.at_epoch_end.append(self.model.get_weights())
+
+
+def test_swap_ema_weights_validates_the_average_and_trains_the_raw_weights():
+    x, y, val = diverging_data()
+    plain = ema_model()
+    plain_history = plain.fit(x, y, epochs=3, batch_size=16, validation_data=val, verbose=0, shuffle=False)
+    swapped = ema_model()
+    seen = EpochEndWeights()
+    averages = {}
+
+    class KeepAverages(Callback):
+        def on_test_begin(self, logs=None):
+            averages.update({k: slots[-1].copy() for k, slots in self.model.optimizer.slots.items()})
+
+    history = swapped.fit(x, y, epochs=3, batch_size=16, validation_data=val, verbose=0, shuffle=False,
+                          callbacks=[KeepAverages(), SwapEMAWeights(), seen])
+    # Training is untouched by the swaps; fit ends with the averages in the model either way.
+    assert history.history["loss"] == plain_history.history["loss"]
+    assert_same_weights(swapped.get_weights(), plain.get_weights())
+    # Each validation pass saw the averaged model.
+    assert history.history["val_loss"] != plain_history.history["val_loss"]
+    twin = ema_model()
+    layer = twin.layers[0]
+    for key, average in averages.items():
+        name = key.split("/")[1]
+        layer.params[name][...] = average.reshape(layer.params[name].shape)
+    assert twin.evaluate(*val, verbose=0) == pytest.approx(history.history["val_loss"][-1], rel=1e-6)
+    # Callbacks after it see the raw weights at epoch end (swap_on_epoch=False).
+    assert not np.allclose(seen.at_epoch_end[-1][0], twin.get_weights()[0])
+
+
+def test_swap_ema_weights_on_epoch_checkpoints_the_average(tmp_path):
+    x, y, val = diverging_data()
+    model = ema_model()
+    seen = EpochEndWeights()
+    model.fit(x, y, epochs=2, batch_size=16, validation_data=val, verbose=0, shuffle=False,
+              callbacks=[SwapEMAWeights(swap_on_epoch=True), seen,
+                         ModelCheckpoint(str(tmp_path / "m-{epoch}.npz"))])
+    # The model after fit holds the averages, as the last checkpoint does.
+    assert_same_weights(seen.at_epoch_end[-1], model.get_weights())
+    assert_same_weights(load_model(str(tmp_path / "m-2.npz")).get_weights(), model.get_weights())
+    # The checkpoint of epoch 1 holds the averages of that epoch.
+    saved = load_model(str(tmp_path / "m-1.npz"))
+    assert_same_weights(saved.get_weights(), seen.at_epoch_end[0])
+    assert not model.optimizer.average_swapped
+
+
+def test_swap_ema_weights_needs_an_averaging_optimizer():
+    x, y, _ = diverging_data()
+    with pytest.raises(ValueError, match="SwapEMAWeights: the model's optimizer must keep a moving average"):
+        tiny_model().fit(x, y, epochs=1, verbose=0, callbacks=[SwapEMAWeights()])
