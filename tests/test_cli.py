@@ -65,37 +65,124 @@ def test_train_evaluate_predict_explain_summary(tmp_path, tiny_npz, capsys):
     assert main(["predict", model_path, *images]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and images[0] in lines[1]
-    probs = [float(v) for v in lines[1].split()[1:3]]
+    probs = [float(v) for v in lines[1].split("\t")[2:4]]
     assert abs(sum(probs) - 1) < 1e-3
 
     png = tmp_path / "why.png"
-    assert main(["explain", model_path, images[0], "--out", str(png), "--class-index", "1"]) == 0
-    assert png.exists() and "Grad-CAM" in capsys.readouterr().out
+    assert main(["explain", model_path, images[0], "--out", str(png), "--class", "Lesion"]) == 0
+    assert png.exists() and "class 'lesion'" in capsys.readouterr().out
     assert main(["summary", model_path]) == 0
     text = capsys.readouterr().out
-    assert "Total params" in text and "class_names" in text and "random_flip" in text
+    assert "Total params" in text and "random_flip" in text
+    assert "classes: 2: ['healthy', 'lesion']" in text and "input: 16x16 grayscale images" in text
+    assert "positive class: 'lesion' (index 1)" in text and "epochs 1, seed 0" in text
+    assert "test: 16 images, the 'test' split of" in text and "accuracy" in text.split("test: 16 images")[1]
 
 
-def test_train_on_a_folder(tmp_path, capsys):
-    x, y = make_lesion_images(40, image_size=16, seed=3)
-    for i, (img, label) in enumerate(zip(x, y)):
-        folder = tmp_path / "scans" / ("lesion" if label else "healthy")
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"{i}.png")
+def lesion_folders(root, counts, seed=3):
+    """``{split: n}`` -> folders root/split/{healthy,lesion}/*.png of 16x16 synthetic images."""
+    for k, (split, n) in enumerate(counts.items()):
+        x, y = make_lesion_images(n, image_size=16, seed=seed + k)
+        for i, (img, label) in enumerate(zip(x, y)):
+            folder = root / split / ("lesion" if label else "healthy")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return {split: str(root / split) for split in counts}
+
+
+def test_train_on_folders_uses_the_splits_as_given(tmp_path, capsys):
+    data = lesion_folders(tmp_path / "scans", {"train": 24, "valid": 8, "test": 10})
+    (tmp_path / "scans" / "train" / "lesion" / "broken.png").write_bytes(b"")  # named and skipped
     out = tmp_path / "run"
-    assert main(["train", "--data", str(tmp_path / "scans"), "--image-size", "16", "--epochs", "1",
-                 "--out", str(out), "--verbose", "0"]) == 0
-    assert "healthy" in capsys.readouterr().out
-    assert main(["evaluate", str(out / "model.npz"), "--data", str(tmp_path / "scans")]) == 0
+    argv = ["train", "--data", data["train"], "--val-data", data["valid"], "--test-data", data["test"],
+            "--image-size", "16", "--epochs", "1", "--out", str(out), "--verbose", "0"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "tinycnn: warning: image_folder(" in captured.err and "broken.png (empty file (0 bytes))" in captured.err
+    assert "UserWarning" not in captured.err and ".py:" not in captured.err  # one plain line, no source line
+    text = captured.out
+    assert "24 training images" in text  # not re-split
+    assert f"validation: 8 images, as given: --val-data {data['valid']}" in text
+    assert f"test:       10 images, as given: --test-data {data['test']}" in text
+    assert "positive class (for sensitivity): 'lesion', chosen because 'healthy' names a negative finding" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_samples"] == 10 and report["positive_class"] == "lesion"
+    assert str(out.resolve()) in text
+    # Refused before any work: a run already in --out, no epochs, a path that is not there.
+    for extra, message in ((["--epochs", "1"], "already holds a run (model.npz, report.json)"),
+                           (["--overwrite", "--epochs", "0"], "--epochs: expected a positive number, received 0"),
+                           (["--overwrite", "--test-data", str(tmp_path / "nope")], "nope: no such file or folder")):
+        assert main(argv + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert main(["evaluate", str(out / "model.npz"), "--data", data["test"]]) == 0
+    assert "Positive class  lesion" in capsys.readouterr().out
+
+
+def test_train_on_one_folder_splits_it_with_the_stated_fractions(tmp_path, capsys):
+    data = lesion_folders(tmp_path / "scans", {"all": 40})
+    assert main(["train", "--data", data["all"], "--image-size", "16", "--epochs", "1", "--out",
+                 str(tmp_path / "run"), "--verbose", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "--validation-fraction 0.15, stratified, seed 0" in text and "--test-fraction 0.15" in text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "for validation when no validation split is given (default 0.15)" in help_text
+    assert "held out for the test report (default 0.15)" in help_text
+
+
+def test_predict_a_folder_into_csv_listing_skipped_files(tmp_path, capsys):
+    model = bright_dark_model(tmp_path / "model.npz")
+    folder = write_folder(tmp_path / "images", {"a": 0, "b/deeper": 255})
+    (tmp_path / "images" / "a" / "notes.png").write_text("not an image")
+    (tmp_path / "images" / "empty.jpg").write_bytes(b"")
+    csv_path = tmp_path / "out.csv"
+    assert main(["predict", model, folder, str(tmp_path / "missing.png"), "--out", str(csv_path)]) == 1
+    captured = capsys.readouterr()
+    assert "Predicted 6 image(s)" in captured.out
+    assert "tinycnn: warning: skipped" in captured.err and "Skipped 3 file(s)" in captured.err
+    for name in ("notes.png: not an image file", "empty.jpg: empty file (0 bytes)", "missing.png: no such file"):
+        assert name in captured.err, name
+    import csv
+    rows = list(csv.DictReader(csv_path.open()))
+    assert list(rows[0]) == ["path", "predicted_class", "p_Parasitized", "p_Uninfected", "error"]
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 6 and len(rows) == 8  # the missing path is not a file: listed on stderr only
+    for row in good:
+        expected = "Parasitized" if "deeper" in row["path"] else "Uninfected"  # bright images are class 0
+        assert row["predicted_class"] == expected
+        assert abs(float(row["p_Parasitized"]) + float(row["p_Uninfected"]) - 1) < 1e-5
+    assert main(["predict", model, str(tmp_path / "images" / "a")]) == 1  # one bad file: exit status 1
+    assert main(["predict", model, str(tmp_path / "images" / "b")]) == 0
+    capsys.readouterr()
+
+
+def test_explain_several_images_into_one_labelled_grid(tmp_path, capsys, monkeypatch):
+    model = bright_dark_model(tmp_path / "model.npz")
+    folder = write_folder(tmp_path / "images", {"a": 30, "b": 220})
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", model, folder, "--class", "uninfected"]) == 0  # default output path
+    text = capsys.readouterr().out
+    assert text.count("class 'Uninfected'") == 6 and "6 image(s) written to" in text
+    picture = Image.open(tmp_path / "tinycnn-runs" / "explain" / "grad_cam.png")
+    assert picture.mode == "RGB" and picture.width > 3 * picture.height / 2  # a grid of 4 + 2 panels
+    assert main(["explain", model, folder, "--out", str(tmp_path / "cam.jpg")]) == 0
+    assert Image.open(tmp_path / "cam.jpg").format == "JPEG"
+    assert main(["explain", model, folder, "--out", str(tmp_path / "cam.xyz")]) == 2
+    assert "cannot tell which picture format" in capsys.readouterr().err
+    assert main(["explain", model, folder, "--class", "sick"]) == 2
+    assert "--class: expected a class name ['Parasitized', 'Uninfected']" in capsys.readouterr().err
 
 
 def bright_dark_model(path):
     """A saved model that calls a bright image 'Parasitized' (class 0) and a dark one 'Uninfected'."""
-    from tinycnn.layers import Dense, GlobalAveragePooling2D
+    from tinycnn.layers import Conv2D, Dense, GlobalAveragePooling2D
     from tinycnn.models import Sequential
-    model = Sequential([GlobalAveragePooling2D(input_shape=(4, 4, 1)), Dense(2, activation="softmax")])
+    model = Sequential([Conv2D(1, 1, input_shape=(4, 4, 1)), GlobalAveragePooling2D(), Dense(2, activation="softmax")])
     model.build()
-    model.set_weights([np.array([[10.0, -10.0]], np.float32), np.array([-5.0, 5.0], np.float32)])
+    model.set_weights([np.ones((1, 1, 1, 1), np.float32), np.zeros(1, np.float32),  # identity convolution
+                       np.array([[10.0, -10.0]], np.float32), np.array([-5.0, 5.0], np.float32)])
     model.compile(loss="categorical_crossentropy")
     model.metadata = {"class_names": ["Parasitized", "Uninfected"], "positive_class": 0}
     model.save(path)

@@ -197,11 +197,11 @@ def test_image_folder_scans_classes_files_and_skips(folder):
     assert skipped["benign/notes.png"] == "not an image file Pillow recognises (UnidentifiedImageError)"
     assert "image file is truncated" in skipped["malignant/g_truncated.jpg"]
     message = str(caught[0].message)
-    assert "skipped 2 file(s) that Pillow cannot read" in message
+    assert "skipped 2 file(s) that cannot be read as images" in message
     assert "notes.png" in message and "g_truncated.jpg" in message
     assert "6 images, 2 classes ['benign', 'malignant'], 4x8x3, 2 skipped" in repr(source)
     text = source.summary()
-    assert "0: benign" in text and "3 images" in text and "2 file(s) Pillow could not read" in text
+    assert "0: benign" in text and "3 images" in text and "2 file(s) that cannot be read as images" in text
     assert "g_truncated.jpg: OSError" in text
 
 
@@ -294,7 +294,7 @@ def test_image_folder_class_names_choose_and_order(folder):
 def test_image_folder_verify_false_reports_a_damaged_file_when_read(folder):
     source = scan(folder, image_size=4, verify=False)
     assert [p for p, _ in source.skipped] == [str(folder / "benign" / "notes.png")]  # the header check still runs
-    with pytest.raises(OSError, match=r"cannot read '.*g_truncated\.jpg' .*only read its header"):
+    with pytest.raises(OSError, match=r"cannot read '.*g_truncated\.jpg': OSError: image file is truncated.*only read its header"):
         source.load()
 
 

@@ -49,7 +49,41 @@ def test_grad_cam_defaults_and_errors(tmp_path):
         grad_cam(model, np.zeros((4, 5, 3)))
     path = save_grad_cam(image[0], result, tmp_path / "cam.png", scale=3)
     picture = Image.open(path)
-    assert picture.mode == "RGB" and picture.size == ((5 + 1 + 5) * 3, 4 * 3)
+    assert picture.mode == "RGB" and picture.format == "PNG"
+
+
+def find_block(canvas, block):
+    """Top-left (row, column) of ``block`` inside ``canvas``, or None."""
+    h, w = block.shape[:2]
+    for r in range(canvas.shape[0] - h + 1):
+        for c in range(canvas.shape[1] - w + 1):
+            if np.array_equal(canvas[r:r + h, c:c + w], block):
+                return r, c
+    return None
+
+
+def test_grad_cam_pictures_carry_the_image_the_overlay_and_the_colour_key(tmp_path):
+    from tinycnn.explain import save_grad_cam_grid
+    model = linear_probe_model()
+    images = [np.random.default_rng(k).random((4, 5, 2), dtype=np.float32) for k in range(3)]
+    cams = [grad_cam(model, image) for image in images]
+    save_grad_cam(images[0], cams[0], tmp_path / "one.png", scale=2, class_names=["benign", "malignant"])
+    canvas = np.asarray(Image.open(tmp_path / "one.png"))
+    gray = np.round((images[0].mean(axis=-1) - images[0].mean(axis=-1).min())
+                    / np.ptp(images[0].mean(axis=-1)) * 255).astype(np.uint8)
+    shown = np.repeat(np.repeat(np.dstack([gray] * 3), 2, axis=0), 2, axis=1)
+    assert find_block(canvas, shown) is not None  # the image itself, at its own contrast, 2x
+    key = canvas[-30:].reshape(-1, 3)
+    assert any((px == [220, 0, 0]).all() for px in key) and any((px == [0, 0, 160]).all() for px in key)
+    save_grad_cam_grid(images, cams, tmp_path / "grid.jpg", titles=["a", "b", "c"], columns=2)
+    grid = Image.open(tmp_path / "grid.jpg")
+    assert grid.format == "JPEG" and grid.height > canvas.shape[0]  # two rows of panels
+    with pytest.raises(ValueError, match="as many heatmaps as images"):
+        save_grad_cam_grid(images, cams[:2], tmp_path / "g.png")
+    with pytest.raises(ValueError, match=r"cannot tell which picture format to write from the name '.*g\.pgn'"):
+        save_grad_cam_grid(images, cams, tmp_path / "g.pgn")
+    with pytest.raises(ValueError, match="heatmap shape"):
+        save_grad_cam(images[0], np.zeros((3, 3)), tmp_path / "g.png")
 
 
 def test_grad_cam_runs_in_inference_mode_through_batchnorm():

@@ -97,7 +97,8 @@ def test_printed_table_is_aligned_and_readable():
     assert any(line.split() == ["malignant", str(cm[1, 0]), str(cm[1, 1])] for line in lines)
     assert f"Sensitivity     {report.sensitivity:.3f}  ({cm[1, 1]} of {cm[1].sum()} malignant samples" in text
     assert f"Specificity     {report.specificity:.3f}  ({cm[0, 0]} of {cm[0].sum()} benign samples" in text
-    assert "Positive class  malignant (called positive when its probability > 0.5)" in text
+    assert ("Positive class  malignant (called positive when its probability > 0.5; chosen because 'benign' names "
+            "a negative finding)") in text
     assert f"ROC AUC         {report.roc_auc:.3f}" in text
 
 
@@ -152,3 +153,20 @@ def test_classification_report_with_a_model_equals_the_report_of_its_predictions
 def test_bad_input_is_explained(y, p, kwargs, error, message):
     with pytest.raises(error, match=message):
         report_from_predictions(y, p, **kwargs)
+
+
+def test_default_positive_class_is_never_the_healthy_one():
+    from tinycnn.report import default_positive_class
+    labels, probs = binary_case(seed=5)
+    # BreastMNIST's order: malignant is label 0. By label order alone, 'benign' would be "positive".
+    report = report_from_predictions(labels, probs, class_names=["malignant", "normal or benign"])
+    assert report.positive_class == 0 and report.sensitivity == report.recall[0]
+    assert report.to_dict()["positive_class_reason"] == "chosen because 'normal or benign' names a negative finding"
+    for names, index in ((["Parasitized", "Uninfected"], 0), (["healthy", "lesion"], 1), (["no lesion", "lesion"], 1),
+                         (["cat", "dog"], 1)):
+        assert default_positive_class(names)[0] == index, names
+    assert "by label order" in default_positive_class(["cat", "dog"])[1]
+    given = report_from_predictions(labels, probs, class_names=["malignant", "benign"], positive_class=1)
+    assert given.positive_class == 1 and given.positive_reason == "given" and "names a negative" not in str(given)
+    with pytest.raises(ValueError, match=r"both classes \['normal', 'benign'\] name a negative finding"):
+        report_from_predictions(labels, probs, class_names=["normal", "benign"])

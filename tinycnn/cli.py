@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 
 from .callbacks import RecalibrateBatchNorm
+from .data import train_val_split
 from .models import reference_model
 
 DEFAULT_OUT = "tinycnn-runs"
@@ -35,13 +36,24 @@ def _loss(args, num_classes):
 
 
 def _positive_class(value, names):
-    """``--positive-class`` as an index: a class name or a number; default 1 (binary tasks)."""
+    """Binary tasks: ``(index, reason)`` of the positive class from ``--positive-class`` (a class name
+    or an index), or by :func:`tinycnn.report.default_positive_class`; ``(None, None)`` otherwise."""
+    from .report import default_positive_class
+    if len(names) != 2:
+        if value is not None:
+            raise ValueError(f"--positive-class applies to two-class tasks; this one has {len(names)} classes")
+        return None, None
     if value is None:
-        return 1
-    if value in names:
-        return names.index(value)
+        try:
+            return default_positive_class(names)
+        except ValueError:
+            raise ValueError(f"both classes {names} name a negative finding: say which is positive with "
+                             f"--positive-class NAME") from None
+    folded = [n.casefold() for n in names]
+    if value.casefold() in folded:
+        return folded.index(value.casefold()), "given"
     if value.isdigit() and int(value) < len(names):
-        return int(value)
+        return int(value), "given"
     raise ValueError(f"invalid value for --positive-class: expected a class name {names} or an index in "
                      f"[0, {len(names)}), received {value!r}")
 
@@ -54,33 +66,96 @@ def _class_names(given, default):
     return list(given)
 
 
-def _finish_training(model, x_train, x_test, y_test, class_names, out_dir, history, title):
-    """Recalibrate batch norm, report, save model, curves and one Grad-CAM picture."""
-    from .explain import grad_cam, save_grad_cam
-    from .report import classification_report
+def _existing(path, option):
+    """``path`` if it exists; else the error a user expects ("no such file or folder")."""
+    if path is not None and not os.path.exists(path):
+        raise FileNotFoundError(f"{option} {path}: no such file or folder")
+    return path
 
-    print("\nRecomputing batch-norm statistics from all training data (see Sequential.recalibrate_batchnorm)")
-    model.recalibrate_batchnorm(x_train)
+
+def _check_out_folder(out, overwrite):
+    """Refuse to write a run over an earlier one, unless --overwrite (checked before any work)."""
+    earlier = [name for name in ("model.npz", "report.json") if os.path.exists(os.path.join(out, name))]
+    if earlier and not overwrite:
+        raise ValueError(f"--out {out}: the folder already holds a run ({', '.join(earlier)}); choose another --out, "
+                         f"or pass --overwrite to replace it")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out}: this is a file, not a folder")
+
+
+def _is_source(data):
+    return not isinstance(data, tuple)
+
+
+def _count(data):
+    return len(data) if _is_source(data) else len(data[1])
+
+
+def _predict(model, data):
+    """``(probabilities (N, K), labels (N,))`` of a split: arrays ``(x, y)`` or a batch source."""
+    if _is_source(data):
+        return model.predict(data, batch_size=32), data.labels
+    return model.predict(data[0], batch_size=32), data[1]
+
+
+def _fit_input(data, k):
+    """``(x, y)`` as ``fit`` takes them: a source with no targets, or images with one-hot targets."""
+    import tinycnn
+    return (data, None) if _is_source(data) else (data[0], tinycnn.to_categorical(data[1], k))
+
+
+def _first(data, n, seed=0):
+    """At most ``n`` training images for batch-norm statistics: a random sample of a source (nothing is
+    read), the first ``n`` of arrays."""
+    return data.sample(n, seed) if _is_source(data) else data[0][:n]
+
+
+def _explain_best(model, test, probs, names, path):
+    """Grad-CAM picture of the test image the model is surest is positive (or of its surest one)."""
+    from .explain import grad_cam, save_grad_cam
+    pos = model.metadata.get("positive_class")
+    predicted = np.argmax(probs, axis=1)
+    if pos is None:
+        index = int(np.argmax(probs.max(axis=1)))
+    else:
+        candidates = np.flatnonzero(predicted == pos)
+        index = int(candidates[np.argmax(probs[candidates, pos])]) if candidates.size else 0
+    image = test.read(index) if _is_source(test) else test[0][index]
+    title = os.path.basename(test.file_paths[index]) if _is_source(test) else f"test image {index}"
+    cam = grad_cam(model, image)
+    save_grad_cam(image, cam, path, class_names=names, title=title)
+    print(f"Grad-CAM of {title} (class {names[cam.class_index]!r}, p = {cam.probabilities[cam.class_index]:.3f}) "
+          f"written to {path}: the image beside where the model looked")
+
+
+def _finish_training(model, train, test, names, out_dir, history, title):
+    """Recalibrate batch norm, report, save model, curves and one Grad-CAM picture; return the report."""
+    from .report import report_from_predictions
+    sample = _first(train, 4096)
+    print(f"\nRecomputing batch-norm statistics from {_count(sample) if _is_source(sample) else len(sample)} "
+          f"training images (see Sequential.recalibrate_batchnorm)")
+    model.recalibrate_batchnorm(sample)
     os.makedirs(out_dir, exist_ok=True)
-    report = classification_report(model, x_test, y_test, class_names=class_names,
-                                   positive_class=model.metadata.get("positive_class", 1))
+    probs, labels = _predict(model, test)
+    positive = model.metadata.get("positive_class")
+    report = report_from_predictions(labels, probs.reshape(len(probs), -1), class_names=names,
+                                     positive_class=positive)
+    if positive is not None:
+        report.positive_reason = model.metadata.get("positive_class_reason", report.positive_reason)
     print(f"\n{title}\n{report}")
+    figures = report.to_dict()
+    model.metadata["test"] = {"on": title, "samples": figures["n_samples"], "accuracy": figures["accuracy"],
+                              "roc_auc": figures["roc_auc"], **{key: figures[key] for key in
+                                                                ("sensitivity", "specificity") if key in figures}}
     with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report.to_dict(), f, indent=2)
+        json.dump({"data": model.metadata.get("training", {}).get("splits"), "test_set": title, **figures}, f,
+                  indent=2)
     model_path = os.path.join(out_dir, "model.npz")
     model.save(model_path)
-    print(f"\nSaved the model to {model_path} (tinycnn.load_model, or `tinycnn evaluate {model_path} --data ...`)")
     _save_curves(history, os.path.join(out_dir, "curves.png"))
-    probs = model.predict(x_test)
-    pos = model.metadata.get("positive_class", 1)
-    positive = np.flatnonzero(np.argmax(probs, axis=1) == pos)
-    index = int(positive[np.argmax(probs[positive, pos])]) if positive.size else 0
-    cam = grad_cam(model, x_test[index])
-    cam_path = os.path.join(out_dir, "grad_cam.png")
-    save_grad_cam(x_test[index], cam, cam_path)
-    print(f"Grad-CAM of test image {index} (class {class_names[cam.class_index]!r}, "
-          f"p = {cam.probabilities[cam.class_index]:.3f}) written to {cam_path}: the image beside where the "
-          f"model looked")
+    _explain_best(model, test, probs, names, os.path.join(out_dir, "grad_cam.png"))
+    print(f"\nWrote model.npz, report.json, curves.png and grad_cam.png to {os.path.abspath(out_dir)}\n"
+          f"Next: tinycnn evaluate {model_path} --data ...; tinycnn predict {model_path} IMAGES_OR_FOLDERS")
     return report
 
 
@@ -99,6 +174,8 @@ def cmd_demo(args):
     """Train the reference model on built-in synthetic lesion images and show every result."""
     import tinycnn
     from .data import make_lesion_images
+    _check_positive(args, "epochs", "samples", "image_size")
+    _check_out_folder(args.out, args.overwrite)
     tinycnn.set_seed(args.seed)
     s = args.image_size
     print(f"tinycnn demo: SYNTHETIC two-class 'tissue' images ({s}x{s}x3), class 1 carries a lesion-like blob.\n"
@@ -108,73 +185,142 @@ def cmd_demo(args):
     x_test, y_test = make_lesion_images(max(128, args.samples // 2), image_size=s, seed=args.seed + 2)
     model = reference_model((s, s, 3), 2)
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy", "auc"])
-    model.metadata = {"class_names": ["no lesion", "lesion"], "image_size": [s, s], "color_mode": "rgb",
-                      "dataset": "tinycnn synthetic lesion images"}
+    names = ["no lesion", "lesion"]
+    positive, reason = _positive_class(None, names)
+    model.metadata = {"class_names": names, "image_size": [s, s], "color_mode": "rgb",
+                      "dataset": "tinycnn synthetic lesion images", "positive_class": positive,
+                      "positive_class_reason": reason,
+                      "training": {"epochs": args.epochs, "seed": args.seed, "loss": "categorical_crossentropy",
+                                   "splits": {key: {"images": n, "how": f"generated with seed {args.seed + i}"}
+                                              for i, (key, n) in enumerate((("train", len(x_train)),
+                                                                            ("validation", len(x_val)),
+                                                                            ("test", len(x_test))))}}}
     model.summary()
     start = time.perf_counter()
     history = model.fit(x_train, tinycnn.to_categorical(y_train, 2), epochs=args.epochs, batch_size=32,
                         validation_data=(x_val, tinycnn.to_categorical(y_val, 2)), verbose=args.verbose,
                         callbacks=[RecalibrateBatchNorm(x_train, max_samples=256)])
     print(f"Trained {args.epochs} epochs in {time.perf_counter() - start:.0f} s")
-    _finish_training(model, x_train, x_test, y_test, model.metadata["class_names"], args.out, history,
-                     "Test set (synthetic):")
+    _finish_training(model, (x_train, y_train), (x_test, y_test), names, args.out, history, "Test set (synthetic):")
     return 0
 
 
-def _load_training_data(args):
-    """(x_train, y_train, x_val, y_val, x_test, y_test, class_names, color_mode) from --data."""
-    from .data import image_folder, load_npz, train_val_split
-    path = args.data
+def _held_out(path, role, option, names, size, color, shape):
+    """A validation or test split given on its own: a folder (matched to the training classes by name)
+    or an .npz (its ``role`` split, else its training split)."""
+    from .data import image_folder, load_npz
     if os.path.isdir(path):
-        folder = image_folder(path, image_size=(args.image_size, args.image_size), color_mode=args.color_mode)
-        print(folder)
-        x, y = folder.load()
-        (x_rest, y_rest), (x_test, y_test) = train_val_split(x, y, validation_fraction=args.test_fraction,
-                                                             seed=args.seed)
-        (x_train, y_train), (x_val, y_val) = train_val_split(x_rest, y_rest,
-                                                             validation_fraction=args.validation_fraction,
-                                                             seed=args.seed)
-        return x_train, y_train, x_val, y_val, x_test, y_test, list(folder.class_names), args.color_mode
-    data = load_npz(path)
-    x_train, y_train = data.x_train, data.y_train
-    if data.x_val is None:
-        (x_train, y_train), (x_val, y_val) = train_val_split(x_train, y_train,
-                                                             validation_fraction=args.validation_fraction,
-                                                             seed=args.seed)
+        return image_folder(path, image_size=size, color_mode=color).with_class_names(names)
+    data = load_npz(path, num_classes=len(names))
+    split = role if getattr(data, f"x_{role}") is not None else "train"
+    x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+    if x.shape[1:] != tuple(shape):
+        raise ValueError(f"{option} {path}: its '{split}' images have shape {x.shape[1:]}, the training images "
+                         f"{tuple(shape)}")
+    return x, y
+
+
+def _load_training_data(args):
+    """Train, validation and test splits (arrays ``(x, y)``, sources, or None), class names, colour mode
+    and how the splits were made, from --data, --val-data and --test-data."""
+    from .data import image_folder, load_npz
+    own = args.val_data is not None or args.test_data is not None
+    val_how = (f"carved from the training data: --validation-fraction {args.validation_fraction}, stratified, "
+               f"seed {args.seed}")
+    if os.path.isdir(args.data):
+        size, color = (args.image_size, args.image_size), args.color_mode
+        folder = image_folder(args.data, image_size=size, color_mode=color, shuffle=True, seed=args.seed)
+        names = _class_names(args.class_names, folder.class_names)
+        if names != folder.class_names:
+            folder = folder.with_class_names(names, dict(zip(folder.class_names, names)))
+        print(folder.summary())
+        if own:
+            train, val, test = folder, None, None
+            how = {"validation": "none given", "test": "none given"}
+        else:
+            rest, test = folder.split(args.test_fraction, seed=args.seed)
+            train, val = rest.split(args.validation_fraction, seed=args.seed)
+            how = {"validation": val_how, "test": (f"carved from the training data: --test-fraction "
+                                                   f"{args.test_fraction}, stratified, seed {args.seed}")}
+        shape = folder.element_shape
     else:
-        x_val, y_val = data.x_val, data.y_val
-    x_test, y_test = (data.x_test, data.y_test) if data.x_test is not None else (x_val, y_val)
-    names = list(data.class_names) if data.class_names else [str(k) for k in range(data.num_classes)]
-    color = "rgb" if x_train.shape[-1] == 3 else "grayscale"
-    return x_train, y_train, x_val, y_val, x_test, y_test, names, color
+        data = load_npz(args.data)
+        names = _class_names(args.class_names, data.class_names or [str(k) for k in range(data.num_classes)])
+        train = (data.x_train, data.y_train)
+        val = None if data.x_val is None else (data.x_val, data.y_val)
+        test = None if data.x_test is None else (data.x_test, data.y_test)
+        how = {"validation": f"the 'val' split of {args.data}", "test": f"the 'test' split of {args.data}"}
+        if val is None and not own:
+            (x, y), val = train_val_split(data.x_train, data.y_train, validation_fraction=args.validation_fraction,
+                                          seed=args.seed)
+            train = (x, y)
+            how["validation"] = val_how
+        shape = data.element_shape
+        size, color = shape[:2], "rgb" if shape[-1] == 3 else "grayscale"
+    if args.val_data is not None:
+        val = _held_out(args.val_data, "val", "--val-data", names, size, color, shape)
+        how["validation"] = f"as given: --val-data {args.val_data}"
+    if args.test_data is not None:
+        test = _held_out(args.test_data, "test", "--test-data", names, size, color, shape)
+        how["test"] = f"as given: --test-data {args.test_data}"
+    return train, val, test, names, color, shape, how
+
+
+def _check_positive(args, *names):
+    for name in names:
+        if getattr(args, name) <= 0:
+            raise ValueError(f"invalid value for --{name.replace('_', '-')}: expected a positive number, received "
+                             f"{getattr(args, name)}")
 
 
 def cmd_train(args):
     """Train the reference model on a MedMNIST-style .npz or a folder of class subfolders."""
     import tinycnn
+    _check_positive(args, "epochs", "batch_size", "image_size", "learning_rate")
+    for option in ("validation_fraction", "test_fraction"):
+        if not 0 < getattr(args, option) < 1:
+            raise ValueError(f"invalid value for --{option.replace('_', '-')}: expected a fraction in (0, 1), "
+                             f"received {getattr(args, option)}")
+    for path, option in ((args.data, "--data"), (args.val_data, "--val-data"), (args.test_data, "--test-data")):
+        _existing(path, option)
+    _check_out_folder(args.out, args.overwrite)
     tinycnn.set_seed(args.seed)
-    x_train, y_train, x_val, y_val, x_test, y_test, names, color = _load_training_data(args)
-    names = _class_names(args.class_names, names)
+    train, val, test, names, color, shape, how = _load_training_data(args)
     k = len(names)
-    print(f"Data {args.data}: {len(x_train)} train, {len(x_val)} validation, {len(x_test)} test images of "
-          f"shape {x_train.shape[1:]}, {k} classes {names}")
-    model = reference_model(x_train.shape[1:], k, augment=args.augment, seed=args.seed)
+    positive, reason = _positive_class(args.positive_class, names)
+    splits = {"train": {"images": _count(train), "how": f"--data {args.data}"}}
+    for key, data in (("validation", val), ("test", test)):
+        splits[key] = {"images": 0 if data is None else _count(data), "how": how[key]}
+    print(f"Data {args.data}: {_count(train)} training images of shape {shape}, {k} classes {names}\n"
+          f"  validation: {splits['validation']['images']} images, {how['validation']}\n"
+          f"  test:       {splits['test']['images']} images, {how['test']}")
+    if positive is not None:
+        print(f"  positive class (for sensitivity): {names[positive]!r}" +
+              ("" if reason == "given" else f", {reason}; --positive-class to choose"))
+    model = reference_model(shape, k, augment=args.augment, seed=args.seed)
     model.compile(optimizer=tinycnn.optimizers.Adam(learning_rate=args.learning_rate), loss=_loss(args, k),
                   metrics=["accuracy", "auc"])
-    model.metadata = {"class_names": names, "image_size": list(x_train.shape[1:3]), "color_mode": color,
-                      "dataset": os.path.abspath(args.data), "positive_class": _positive_class(args.positive_class, names)}
+    model.metadata = {"class_names": names, "image_size": list(shape[:2]), "color_mode": color,
+                      "dataset": os.path.abspath(args.data), "positive_class": positive,
+                      "positive_class_reason": reason,
+                      "training": {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size,
+                                   "learning_rate": args.learning_rate, "loss": model.loss.get_config(),
+                                   "class_weight": args.class_weight, "augment": args.augment, "splits": splits}}
     model.summary()
-    history = model.fit(x_train, tinycnn.to_categorical(y_train, k), epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=(x_val, tinycnn.to_categorical(y_val, k)),
+    x, y = _fit_input(train, k)
+    history = model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size,
+                        validation_data=None if val is None else val if _is_source(val) else _fit_input(val, k),
                         class_weight=None if args.class_weight == "none" else "balanced", verbose=args.verbose,
-                        callbacks=[RecalibrateBatchNorm(x_train, max_samples=512)])
-    _finish_training(model, x_train, x_test, y_test, names, args.out, history, f"Test set of {args.data}:")
+                        callbacks=[RecalibrateBatchNorm(_first(train, 512, args.seed), max_samples=None)])
+    title = f"Test set ({how['test']}):" if test is not None else \
+        f"Validation set ({how['validation']}; no test set given, so these figures are not an independent test):"
+    _finish_training(model, train, test if test is not None else val, names, args.out, history, title)
     return 0
 
 
 def _load_model(path):
     from .saving import load_model
-    return load_model(path)
+    return load_model(_existing(path, "model"))
 
 
 def _parse_class_map(items):
@@ -223,8 +369,8 @@ def cmd_evaluate(args):
     model = _load_model(args.model)
     k = model.layers[-1].output_shape[-1]
     names = _class_names(args.class_names, model.metadata.get("class_names") or [str(i) for i in range(k)])
-    positive = (_positive_class(args.positive_class, names) if args.positive_class is not None
-                else model.metadata.get("positive_class", 1))
+    positive = (_positive_class(args.positive_class, names)[0] if args.positive_class is not None
+                else model.metadata.get("positive_class"))
     class_map = _parse_class_map(args.class_map)
     if os.path.isdir(args.data):
         source = _folder_for_model(args.data, model, names, class_map)
@@ -233,58 +379,177 @@ def cmd_evaluate(args):
         if class_map:
             raise ValueError("--class-map applies to folders (it maps subfolder names to classes); an .npz holds "
                              "class indices")
-        data = load_npz(args.data)
+        data = load_npz(_existing(args.data, "--data"))
         x, y = getattr(data, f"x_{args.split}"), getattr(data, f"y_{args.split}")
         if x is None:
             raise ValueError(f"{args.data}: has no '{args.split}' split")
         probs = model.predict(x, batch_size=32)
-    print(report_from_predictions(y, probs.reshape(len(probs), -1), class_names=names, positive_class=positive))
+    report = report_from_predictions(y, probs.reshape(len(probs), -1), class_names=names, positive_class=positive)
+    if args.positive_class is None and model.metadata.get("positive_class_reason"):
+        report.positive_reason = f"as trained: {model.metadata['positive_class_reason']}"
+    print(report)
     return 0
 
 
-def _read_image(path, model):
-    from PIL import Image
-    h, w, c = model.layers[0].input_shape
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read this image ({e})") from None
-    return arr.reshape(h, w, c)
+def _image_files(paths):
+    """Every file named or inside the folders named (recursively, sorted, hidden names skipped), and
+    ``(path, reason)`` for each path that is not there or cannot be listed."""
+    files, missing = [], []
+    for path in paths:
+        if os.path.isdir(path):
+            def unlisted(error):
+                missing.append((error.filename, f"folder cannot be listed ({error.strerror or error})"))
+            for root, dirs, names in os.walk(path, onerror=unlisted):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+        elif os.path.lexists(path):
+            files.append(path)
+        else:
+            missing.append((path, "no such file or folder"))
+    return files, missing
+
+
+def _read_images(files, model):
+    """Yield ``(paths, images (B, H, W, C))`` batches of the readable files, and collect the others."""
+    from .data._imaging import read_image
+    size, color = _model_input(model)
+    batch, paths = [], []
+    for path in files:
+        try:
+            batch.append(read_image(path, size, color))
+            paths.append(path)
+        except OSError as e:
+            yield None, (path, str(e).split("': ", 1)[-1])
+        if len(batch) == 32:
+            yield paths, np.stack(batch)
+            batch, paths = [], []
+    if batch:
+        yield paths, np.stack(batch)
 
 
 def cmd_predict(args):
-    """Class probabilities for each image file."""
+    """Class probabilities for image files and folders (searched recursively), as a table or a CSV file.
+
+    A file that cannot be read as an image is skipped with one warning line; the others are still
+    predicted. Exit status 0 when every file was predicted, 1 when some were skipped.
+    """
+    import csv
     model = _load_model(args.model)
     names = model.metadata.get("class_names") or [str(k) for k in range(model.layers[-1].output_shape[-1])]
-    x = np.stack([_read_image(p, model) for p in args.files])
-    probs = model.predict(x, batch_size=32)
-    width = max(len(p) for p in args.files)
-    print(f"{'file'.ljust(width)}  " + "  ".join(f"{n:>12s}" for n in names) + "  prediction")
-    for path, p in zip(args.files, probs):
-        print(f"{path.ljust(width)}  " + "  ".join(f"{v:12.4f}" for v in p) + f"  {names[int(np.argmax(p))]}")
-    return 0
+    files, skipped = _image_files(args.paths)
+    for path, reason in skipped:
+        _warn(f"skipped {path}: {reason}")
+    out = open(args.out, "w", newline="") if args.out else None
+    try:
+        writer = csv.writer(out) if out else None
+        if writer:
+            writer.writerow(["path", "predicted_class"] + [f"p_{n}" for n in names] + ["error"])
+        else:
+            print("\t".join(["file", "prediction"] + names))
+        predicted = 0
+        for paths, x in _read_images(files, model):
+            if paths is None:
+                path, reason = x
+                _warn(f"skipped {path}: {reason}")
+                skipped.append((path, reason))
+                if writer:
+                    writer.writerow([path, ""] + [""] * len(names) + [reason])
+                continue
+            for path, p in zip(paths, model.predict(x, batch_size=len(x))):
+                row = [path, names[int(np.argmax(p))]] + [f"{v:.6f}" for v in p]
+                if writer:
+                    writer.writerow(row + [""])
+                else:
+                    print("\t".join(row))
+            predicted += len(paths)
+    finally:
+        if out:
+            out.close()
+    if out:
+        print(f"Predicted {predicted} image(s), wrote {os.path.abspath(args.out)}")
+    if skipped:
+        print(f"Skipped {len(skipped)} file(s) that could not be read as images:", file=sys.stderr)
+        for path, reason in skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
+    if predicted == 0:
+        raise ValueError("no image could be read from the paths given")
+    return 1 if skipped else 0
+
+
+def _class_index(value, names):
+    """``--class`` as an index: a class name (any case) or a number."""
+    if value is None:
+        return None
+    folded = [n.casefold() for n in names]
+    if value.casefold() in folded:
+        return folded.index(value.casefold())
+    if value.isdigit() and int(value) < len(names):
+        return int(value)
+    raise ValueError(f"invalid value for --class: expected a class name {names} or an index in [0, {len(names)}), "
+                     f"received {value!r}")
 
 
 def cmd_explain(args):
-    """Grad-CAM picture of one image: where the model looked for the class."""
-    from .explain import grad_cam, save_grad_cam
+    """Grad-CAM pictures: where the model looked, for one image or several in one grid."""
+    from .data._imaging import read_image
+    from .explain import _image_format, grad_cam, save_grad_cam_grid
+    _image_format(args.out, "--out")  # refuse an unknown suffix before any work
     model = _load_model(args.model)
-    image = _read_image(args.image, model)
-    cam = grad_cam(model, image, class_index=args.class_index)
-    save_grad_cam(image, cam, args.out)
-    names = model.metadata.get("class_names") or [str(k) for k in range(len(cam.probabilities))]
-    print(f"{args.image}: class {names[cam.class_index]!r} (p = {cam.probabilities[cam.class_index]:.3f}); "
-          f"Grad-CAM from layer '{cam.layer}' written to {args.out}")
-    return 0
+    k = model.layers[-1].output_shape[-1]
+    names = model.metadata.get("class_names") or [str(i) for i in range(k)]
+    class_index = _class_index(args.class_name, names)
+    files, skipped = _image_files(args.images)
+    size, color = _model_input(model)
+    images, cams, titles = [], [], []
+    for path in files:
+        try:
+            image = read_image(path, size, color)
+        except OSError as e:
+            skipped.append((path, str(e).split("': ", 1)[-1]))
+            continue
+        cam = grad_cam(model, image, class_index=class_index)
+        images.append(image)
+        cams.append(cam)
+        titles.append(os.path.basename(path))
+        print(f"{path}: class {names[cam.class_index]!r} (p = {cam.probabilities[cam.class_index]:.3f}), "
+              f"predicted {names[int(np.argmax(cam.probabilities))]!r}")
+    for path, reason in skipped:
+        _warn(f"skipped {path}: {reason}")
+    if not images:
+        raise ValueError("no image could be read from the paths given")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    save_grad_cam_grid(images, cams, args.out, class_names=names, titles=titles)
+    print(f"Grad-CAM from layer '{cams[0].layer}' of {len(images)} image(s) written to {os.path.abspath(args.out)}")
+    return 1 if skipped else 0
 
 
 def cmd_summary(args):
-    """The layer table of a saved model, and what it was trained on."""
+    """The layer table of a saved model, and what a reader of it needs: classes, input, how it was trained."""
     model = _load_model(args.model)
     model.summary()
-    for key, value in model.metadata.items():
+    meta = dict(model.metadata)
+    names = meta.pop("class_names", None)
+    k = model.layers[-1].output_shape[-1]
+    size, color = _model_input(model)
+    print(f"classes: {k}: {names if names else 'unnamed (indices 0..' + str(k - 1) + ')'}")
+    print(f"input: {size[0]}x{size[1]} {meta.pop('color_mode', color)} images, values in [0, 1]")
+    positive, reason = meta.pop("positive_class", None), meta.pop("positive_class_reason", None)
+    if positive is not None:
+        name = names[positive] if names else str(positive)
+        print(f"positive class: {name!r} (index {positive}" + ("" if reason in (None, "given") else f"; {reason}")
+              + ")")
+    training = meta.pop("training", None)
+    if training:
+        splits = training.pop("splits", {})
+        print("trained: " + ", ".join(f"{key} {value}" for key, value in training.items()))
+        for key, split in splits.items():
+            print(f"  {key}: {split['images']} images, {split['how']}")
+    test = meta.pop("test", None)
+    if test:
+        figures = ", ".join(f"{key} {value:.3f}" for key, value in test.items()
+                            if isinstance(value, float))
+        print(f"{test.get('on', 'test')} {test.get('samples')} images: {figures}")
+    for key, value in meta.items():
         print(f"{key}: {value}")
     if model.compiled:
         print(f"optimizer: {type(model.optimizer).__name__} {model.optimizer.get_config()}, "
@@ -311,11 +576,19 @@ def _training_options(p):
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1, help="progress display (default 1)")
 
 
+def _out_options(p, command):
+    p.add_argument("--out", default=os.path.join(DEFAULT_OUT, command),
+                   help="output folder (default %(default)s, in the current folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+
+
 def _report_options(p):
     p.add_argument("--class-names", nargs="+", metavar="NAME",
                    help="names of the classes in label order (e.g. --class-names malignant benign)")
     p.add_argument("--positive-class", metavar="NAME_OR_INDEX",
-                   help="binary tasks: the class whose recall is the sensitivity (default: class 1)")
+                   help="binary tasks: the class whose recall is the sensitivity (default: the class whose name "
+                        "is not a negative finding such as normal/benign/healthy/uninfected, else class 1; the "
+                        "report says which and why)")
 
 
 def build_parser():
@@ -331,19 +604,31 @@ def build_parser():
     p.add_argument("--samples", type=int, default=640, help="synthetic training images (default 640)")
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, weights, shuffling, dropout (default 0)")
-    p.add_argument("--out", default=os.path.join(DEFAULT_OUT, "demo"), help="output folder (default %(default)s)")
+    _out_options(p, "demo")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1, help="progress display (default 1)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train on a MedMNIST-style .npz or a folder with one subfolder per class",
-                       description=cmd_train.__doc__ + " A folder is split (stratified) into train, validation "
-                                                       "and test sets; an .npz uses its own splits.")
-    p.add_argument("--data", required=True, help=".npz file (train_images, train_labels, val_*, test_*) or folder")
+                       description=cmd_train.__doc__ + " With --val-data or --test-data, the splits are used as "
+                       "given and the training data is not split. Without them, a folder is split (stratified, "
+                       "--seed) into train, validation (--validation-fraction) and test (--test-fraction) images, "
+                       "and an .npz uses its own val and test splits (a missing val split is carved from train). "
+                       "The folder is read a batch at a time, so it may be larger than memory.")
+    p.add_argument("--data", required=True, help=".npz file (train_images, train_labels, val_*, test_*) or folder "
+                                                 "with one subfolder per class")
+    p.add_argument("--val-data", metavar="PATH", help="validation images, used as given: a folder (subfolders matched "
+                                                      "to the classes by name) or an .npz (its val split)")
+    p.add_argument("--test-data", metavar="PATH", help="test images for the final report, used as given: a folder or "
+                                                       "an .npz (its test split)")
     p.add_argument("--image-size", type=int, default=64, help="folder images are resized to this side (default 64)")
     p.add_argument("--color-mode", choices=["rgb", "grayscale"], default="rgb", help="for folders (default rgb)")
-    p.add_argument("--validation-fraction", type=float, default=0.15, help="for data without a validation split")
-    p.add_argument("--test-fraction", type=float, default=0.15, help="for folders: share held out for the test report")
-    p.add_argument("--out", default=os.path.join(DEFAULT_OUT, "train"), help="output folder (default %(default)s)")
+    p.add_argument("--validation-fraction", type=float, default=0.15,
+                   help="share of the training data held out for validation when no validation split is given "
+                        "(default %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=0.15,
+                   help="folders without --val-data/--test-data: share held out for the test report "
+                        "(default %(default)s)")
+    _out_options(p, "train")
     _training_options(p)
     _report_options(p)
     p.set_defaults(func=cmd_train)
@@ -359,16 +644,20 @@ def build_parser():
     _report_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="class probabilities for image files", description=cmd_predict.__doc__)
+    p = sub.add_parser("predict", help="class probabilities for image files and folders", description=cmd_predict.__doc__)
     p.add_argument("model", help="model file written by tinycnn")
-    p.add_argument("files", nargs="+", help="image files (any format Pillow reads)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files (any format Pillow reads) and folders")
+    p.add_argument("--out", metavar="FILE.csv", help="write a CSV file: path, predicted_class, one probability column "
+                                                     "per class, error (the reason a file was skipped)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("explain", help="Grad-CAM picture for one image", description=cmd_explain.__doc__)
+    p = sub.add_parser("explain", help="Grad-CAM pictures for images, in one grid", description=cmd_explain.__doc__)
     p.add_argument("model", help="model file written by tinycnn")
-    p.add_argument("image", help="image file")
-    p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--class-index", type=int, default=None, help="class to explain (default: the predicted one)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--out", default=os.path.join(DEFAULT_OUT, "explain", "grad_cam.png"),
+                   help="picture to write; its suffix names the format (.png, .jpg, .tif, ...) (default %(default)s)")
+    p.add_argument("--class", dest="class_name", metavar="NAME_OR_INDEX",
+                   help="class to explain, by name or index (default: each image's predicted class)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("summary", help="layers and training facts of a saved model", description=cmd_summary.__doc__)

@@ -12,8 +12,11 @@ image size with bilinear interpolation. Everything runs through the model's own 
 passes in inference mode, so it explains exactly the network that ``predict`` runs.
 
     heatmap = grad_cam(model, image)                  # (H, W) in [0, 1]
-    save_grad_cam(image, heatmap, "where.png")        # the image beside the overlay
+    save_grad_cam(image, heatmap, "where.png")        # the image beside the overlay, captioned
+    save_grad_cam_grid(images, heatmaps, "grid.png", class_names=names, titles=files)  # several at once
 """
+import os
+
 import numpy as np
 from PIL import Image
 
@@ -152,32 +155,167 @@ def _as_rgb_uint8(image):
     return (img * 255).round().astype(np.uint8)
 
 
-def save_grad_cam(image, heatmap, path, alpha=0.45, scale=4):
-    """Write a PNG: the image on the left, the heatmap blended over it on the right.
+def _font(size):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)  # scalable (Pillow >= 10.1 with FreeType)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _text_width(draw, text, font):
+    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    return right - left
+
+
+def _fit(draw, text, font, width):
+    """``text``, cut with an ellipsis to fit ``width`` pixels."""
+    if _text_width(draw, text, font) <= width:
+        return text
+    while text and _text_width(draw, text + "...", font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _image_format(path, where):
+    """Pillow's format name for ``path``'s suffix ('.png' -> 'PNG'), or a ValueError listing them."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    formats = Image.registered_extensions()
+    if suffix not in formats or formats[suffix] not in Image.SAVE:
+        raise ValueError(f"{where}: cannot tell which picture format to write from the name '{path}'; end it with "
+                         f".png, .jpg, .tif, .bmp or .webp (or another suffix Pillow writes)")
+    return formats[suffix]
+
+
+def _caption(cam, class_names, title):
+    """Text lines over a panel: its title, the explained class and probability, the prediction if it differs."""
+    probabilities = getattr(cam, "probabilities", None)
+    lines = [] if title is None else [str(title)]
+    if probabilities is None:
+        return lines
+    names = class_names or [f"class {k}" for k in range(len(probabilities))]
+    explained, predicted = cam.class_index, int(np.argmax(probabilities))
+    lines.append(f"{names[explained]}: p = {probabilities[explained]:.3f}")
+    if predicted != explained:
+        lines.append(f"(predicted {names[predicted]}: p = {probabilities[predicted]:.3f})")
+    return lines
+
+
+def _panel(image, heatmap, alpha, scale, where):
+    """The image beside the heatmap blended over it, enlarged ``scale`` times: (h, w, 3) uint8."""
+    heat = np.asarray(heatmap, dtype=np.float64)
+    base = _as_rgb_uint8(image)
+    if heat.shape != base.shape[:2]:
+        raise ValueError(f"{where}: heatmap shape {heat.shape} does not match the image's {base.shape[:2]}")
+    overlay = (1 - alpha) * base + alpha * _colormap(np.clip(heat, 0, 1))
+    gap = np.full((base.shape[0], max(1, base.shape[1] // 16), 3), 255, dtype=np.uint8)
+    picture = np.concatenate([base, gap, overlay.round().astype(np.uint8)], axis=1)
+    return np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1)
+
+
+def _colour_bar(width, font, line):
+    """A horizontal key of the heatmap's colours, 0 (left) to 1 (right), with its meaning: (h, width, 3)."""
+    from PIL import ImageDraw
+    ramp = _colormap(np.linspace(0.0, 1.0, max(2, width - 16)))[None].repeat(12, axis=0)
+    bar = Image.new("RGB", (width, 4 + 12 + 2 + line + 4), "white")
+    bar.paste(Image.fromarray(ramp), (8, 4))
+    draw = ImageDraw.Draw(bar)
+    low, high = "0: no evidence", "1: strongest evidence for the class"
+    draw.text((8, 18), low, fill="black", font=font)
+    draw.text((max(8, width - 8 - _text_width(draw, high, font)), 18), high, fill="black", font=font)
+    return bar
+
+
+def save_grad_cam_grid(images, cams, path, class_names=None, titles=None, columns=None, alpha=0.45, scale=4):
+    """Write one picture of several Grad-CAM explanations: each image beside its heatmap, captioned
+    with the explained class and its probability, in a grid with a colour key at the bottom.
 
     Parameters
     ----------
-    image : ndarray (H, W) or (H, W, C)
-        RGB when C is 3, otherwise shown as grayscale (the channel mean).
-    heatmap : ndarray (H, W) in [0, 1], or a GradCAM
-    path : str
+    images : sequence of ndarray (H, W) or (H, W, C)
+        RGB when C is 3, otherwise shown as grayscale (the channel mean); each with its own contrast.
+    cams : sequence of GradCAM (or of heatmaps (H, W) in [0, 1], then without class captions)
+    path : str or os.PathLike
+        The format follows the suffix (.png, .jpg, .tif, ...); an unknown suffix is refused.
+    class_names : list of str, optional
+        Names of the model's classes, for the captions (default 'class 0', 'class 1', ...).
+    titles : sequence of str, optional
+        A first caption line per image, e.g. its file name.
+    columns : int, optional
+        Panels per row; default up to 4.
     alpha : float in [0, 1]
         Opacity of the heatmap.
     scale : int
         Each pixel is drawn as ``scale x scale`` (small medical images are hard to see at 1:1).
+
+    Returns
+    -------
+    str
+        ``path``.
     """
-    heat = np.asarray(heatmap, dtype=np.float64)
-    base = _as_rgb_uint8(image)
-    if heat.shape != base.shape[:2]:
-        raise ValueError(f"save_grad_cam: heatmap shape {heat.shape} does not match the image's {base.shape[:2]}")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"save_grad_cam: invalid value for argument `alpha`: expected a float in [0, 1], "
-                         f"received {alpha!r}")
-    overlay = (1 - alpha) * base + alpha * _colormap(np.clip(heat, 0, 1))
-    gap = np.full((base.shape[0], max(1, base.shape[1] // 16), 3), 255, dtype=np.uint8)
-    picture = np.concatenate([base, gap, overlay.round().astype(np.uint8)], axis=1)
-    out = Image.fromarray(picture, mode="RGB")
-    if scale > 1:
-        out = out.resize((picture.shape[1] * scale, picture.shape[0] * scale), Image.NEAREST)
-    out.save(path, format="PNG")
+    from PIL import ImageDraw
+    where = "save_grad_cam_grid"
+    images, cams = list(images), list(cams)
+    if not images or len(images) != len(cams):
+        raise ValueError(f"{where}: expected as many heatmaps as images (at least one), received {len(images)} "
+                         f"images and {len(cams)} heatmaps")
+    titles = [None] * len(images) if titles is None else list(titles)
+    if len(titles) != len(images):
+        raise ValueError(f"{where}: expected one title per image ({len(images)}), received {len(titles)}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0 <= alpha <= 1:
+        raise ValueError(f"{where}: invalid value for argument `alpha`: expected a float in [0, 1], received {alpha!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"{where}: invalid value for argument `scale`: expected an int >= 1, received {scale!r}")
+    columns = min(4, len(images)) if columns is None else columns
+    if isinstance(columns, bool) or not isinstance(columns, (int, np.integer)) or columns < 1:
+        raise ValueError(f"{where}: invalid value for argument `columns`: expected an int >= 1, received {columns!r}")
+    fmt = _image_format(path, where)
+
+    panels = [_panel(image, cam, alpha, scale, where) for image, cam in zip(images, cams)]
+    captions = [_caption(cam, class_names, title) for cam, title in zip(cams, titles)]
+    font_size = 12
+    font = _font(font_size)
+    line = font_size + 4
+    cell_h = max(p.shape[0] for p in panels) + line * max(len(c) for c in captions) + 6
+    cell_w = max(max(p.shape[1] for p in panels), 150) + 12
+    rows = -(-len(panels) // columns)
+    width = max(cell_w * min(columns, len(panels)), 300)
+    bar = _colour_bar(width, font, line)
+    canvas = Image.new("RGB", (width, rows * cell_h + bar.height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (panel, caption) in enumerate(zip(panels, captions)):
+        x0, y0 = (i % columns) * cell_w + 6, (i // columns) * cell_h + 3
+        for j, text in enumerate(caption):
+            draw.text((x0, y0 + j * line), _fit(draw, text, font, cell_w - 12), fill="black", font=font)
+        canvas.paste(Image.fromarray(panel), (x0, y0 + line * len(caption)))
+    canvas.paste(bar, (0, rows * cell_h))
+    canvas.save(path, format=fmt)
     return path
+
+
+def save_grad_cam(image, heatmap, path, alpha=0.45, scale=4, class_names=None, title=None):
+    """Write one picture: the image beside the heatmap blended over it, captioned with the
+    explained class and its probability (when ``heatmap`` is the GradCAM that :func:`grad_cam`
+    returns), above a colour key. One panel of :func:`save_grad_cam_grid`; see it for the arguments.
+
+    Parameters
+    ----------
+    image : ndarray (H, W) or (H, W, C)
+    heatmap : GradCAM, or ndarray (H, W) in [0, 1]
+    path : str or os.PathLike
+        The format follows the suffix (.png, .jpg, ...).
+    alpha, scale, class_names
+        As for :func:`save_grad_cam_grid`.
+    title : str, optional
+        A first caption line, e.g. the file name.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    image = np.asarray(image)
+    if image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    return save_grad_cam_grid([image], [heatmap], path, class_names=class_names,
+                              titles=None if title is None else [title], alpha=alpha, scale=scale)

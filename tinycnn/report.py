@@ -57,6 +57,8 @@ class ClassificationReport:
         no sample of that class); None otherwise.
     threshold : float or None
         Binary tasks: the probability above which a sample is called positive.
+    positive_reason : str or None
+        Binary tasks: why that class is the positive one ("given", or how the default was chosen).
     """
 
     class_names: list
@@ -71,6 +73,7 @@ class ClassificationReport:
     sensitivity: float = None
     specificity: float = None
     threshold: float = None
+    positive_reason: str = None
 
     @property
     def n_samples(self):
@@ -113,6 +116,7 @@ class ClassificationReport:
         }
         if self.is_binary:
             result.update({"positive_class": self.class_names[self.positive_class],
+                           "positive_class_reason": self.positive_reason,
                            "threshold": self.threshold,
                            "sensitivity": number(self.sensitivity),
                            "specificity": number(self.specificity)})
@@ -154,8 +158,9 @@ class ClassificationReport:
             pos = self.positive_class
             neg = 1 - pos
             matrix, support = self.confusion_matrix, self.support
+            why = "" if self.positive_reason in (None, "given") else f"; {self.positive_reason}"
             lines += ["Positive class".ljust(pad) + f"{names[pos]} (called positive when its probability > "
-                      f"{self.threshold:g})",
+                      f"{self.threshold:g}{why})",
                       "Sensitivity".ljust(pad) + _ratio_text(self.sensitivity, matrix[pos, pos], support[pos], names[pos]),
                       "Specificity".ljust(pad) + _ratio_text(self.specificity, matrix[neg, neg], support[neg], names[neg])]
         return "\n".join(lines)
@@ -165,6 +170,53 @@ def _ratio_text(value, hits, total, name):
     if total == 0:
         return f"n/a (no {name} samples)"
     return f"{value:.3f}  ({int(hits)} of {int(total)} {name} samples recognised as {name})"
+
+
+# --- which class is positive ----------------------------------------------------------------------
+
+#: Words that name the absence of disease: a class named with one is never the default positive class.
+NEGATIVE_WORDS = frozenset({"uninfected", "normal", "benign", "healthy", "negative", "control", "no", "non", "not",
+                            "none", "absent", "clean", "noninfected", "nonmalignant", "unaffected"})
+
+
+def _names_a_negative_finding(name):
+    words = "".join(c if c.isalnum() else " " for c in str(name).lower()).split()
+    return any(word in NEGATIVE_WORDS for word in words)
+
+
+def default_positive_class(class_names):
+    """The class a binary report calls positive when none is given, and why: ``(index, reason)``.
+
+    Sensitivity is the recall of the disease, so "positive" must be the disease. By label order
+    alone (class 1, scikit-learn's and Keras's convention) a data set whose labels are
+    ``['malignant', 'benign']`` (BreastMNIST) would report the recall of *benign* as sensitivity.
+    So: when exactly one of the two names names a negative finding (a word such as normal, benign,
+    healthy, uninfected, negative, no, control: :data:`NEGATIVE_WORDS`), the other class is
+    positive; otherwise class 1. When both names look negative, nothing is guessed.
+
+    Parameters
+    ----------
+    class_names : list of two str, or None
+
+    Returns
+    -------
+    (int, str)
+
+    Raises
+    ------
+    ValueError
+        Both names name a negative finding: the caller must say which class is positive.
+    """
+    if class_names is None:
+        return 1, "class 1 by label order (no class names given); pass positive_class to choose"
+    negative = [_names_a_negative_finding(name) for name in class_names]
+    if negative == [True, False] or negative == [False, True]:
+        k = negative.index(False)
+        return k, f"chosen because '{class_names[1 - k]}' names a negative finding"
+    if all(negative):
+        raise ValueError(f"report: both classes {list(class_names)} name a negative finding, so which one is "
+                         f"positive cannot be guessed; pass positive_class")
+    return 1, f"'{class_names[1]}' by label order (class 1); pass positive_class to choose"
 
 
 # --- input checks ---------------------------------------------------------------------------------
@@ -234,7 +286,7 @@ def _check_names(class_names, k):
 
 # --- the report -----------------------------------------------------------------------------------
 
-def report_from_predictions(y_true, y_prob, class_names=None, positive_class=1, threshold=0.5):
+def report_from_predictions(y_true, y_prob, class_names=None, positive_class=None, threshold=0.5):
     """Classification report from true classes and predicted probabilities, without a model.
 
     Parameters
@@ -245,9 +297,11 @@ def report_from_predictions(y_true, y_prob, class_names=None, positive_class=1, 
         from a sigmoid head.
     class_names : list of str (K,), optional
         Names printed in the table; default ``'class 0'``, ``'class 1'``, ...
-    positive_class : int, default 1
+    positive_class : int, optional
         Binary tasks: which class is "positive" (the disease), for sensitivity and specificity.
-        Ignored with more than two classes.
+        Default: :func:`default_positive_class` of ``class_names`` (never a class named "normal",
+        "benign", "healthy", ...; otherwise class 1, as Keras and scikit-learn); the report states
+        which it took and why. Ignored with more than two classes.
     threshold : float in [0, 1], default 0.5
         Binary tasks: a sample is called positive when its positive-class probability is above it.
         Lower it to trade specificity for sensitivity. Must stay 0.5 with more than two classes
@@ -268,6 +322,9 @@ def report_from_predictions(y_true, y_prob, class_names=None, positive_class=1, 
                          f"received {threshold!r}")
     binary = k == 2
     if binary:
+        reason = "given"
+        if positive_class is None:
+            positive_class, reason = default_positive_class(None if class_names is None else names)
         if isinstance(positive_class, bool) or not isinstance(positive_class, (int, np.integer)) \
                 or positive_class not in (0, 1):
             raise ValueError(f"report: invalid value for argument `positive_class`: expected 0 or 1 for a "
@@ -293,6 +350,7 @@ def report_from_predictions(y_true, y_prob, class_names=None, positive_class=1, 
         confusion_matrix=matrix.astype(np.int64), roc_auc=auc.result())
     if binary:
         report.positive_class = positive_class
+        report.positive_reason = reason
         report.threshold = float(threshold)
         # Undefined (NaN), not 0, when the test set holds no sample of that class.
         report.sensitivity = float(recall[positive_class]) if support[positive_class] else math.nan
@@ -300,7 +358,7 @@ def report_from_predictions(y_true, y_prob, class_names=None, positive_class=1, 
     return report
 
 
-def classification_report(model, x, y, class_names=None, batch_size=32, positive_class=1, threshold=0.5):
+def classification_report(model, x, y, class_names=None, batch_size=32, positive_class=None, threshold=0.5):
     """Predict ``x`` with ``model`` and report how well it classifies: see :func:`report_from_predictions`.
 
     Parameters

@@ -5,9 +5,18 @@ Colour conversion comes first, then resizing (as Keras's ``load_img`` does), bot
 them in mode ``'I;16'`` or ``'I'``) are divided by 65535 instead: Pillow's own conversion to 8 bits
 would clip every value above 255 to white. Float images (mode ``'F'``) are taken to be in [0, 1]
 already and clipped to it.
+
+Files are distrusted before they are decoded (:func:`image_problem`, :func:`read_image`): only regular
+files are opened (a FIFO named ``x.png`` would block the reader forever, a device never ends), an
+empty file is named as such, and an image whose header declares more than :data:`MAX_PIXELS`
+pixels is refused before a byte of it is decoded: a PNG of a few hundred bytes may declare
+100,000 x 100,000 pixels (a "decompression bomb"), 30 GB once decoded.
 """
+import os
+import stat
+
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 #: color_mode -> (Pillow mode, channels)
 COLOR_MODES = {"grayscale": ("L", 1), "rgb": ("RGB", 3), "rgba": ("RGBA", 4)}
@@ -18,6 +27,85 @@ INTERPOLATIONS = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic
 
 #: Pillow modes holding more than 8 bits per pixel, and the value that maps to 1.0
 _WIDE_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+
+
+#: Largest image (width x height) that is decoded: 50 megapixels, e.g. 7000 x 7000, 150 MB as 8-bit RGB.
+#: Larger headers are refused unread. Lower than Pillow's own limit (89 MP warns, 179 MP raises).
+MAX_PIXELS = 50_000_000
+
+
+def _regular_file_problem(path):
+    """None for a non-empty regular file; otherwise what it is, as text (following symlinks)."""
+    try:
+        info = os.stat(path)
+    except OSError as e:  # missing, a symlink loop (ELOOP), a dangling link, no permission
+        return f"cannot be opened ({type(e).__name__}: {e.strerror or e})"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a folder, FIFO, socket or device); not opened"
+    if info.st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
+def _check_pixels(image):
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise _Refused(f"declares {width} x {height} pixels, more than the {MAX_PIXELS:,} that are decoded "
+                       f"(tinycnn.data._imaging.MAX_PIXELS); a decompression bomb, or an image far larger than a "
+                       f"classifier's input: refused unread")
+
+
+class _Refused(Exception):
+    """An image refused by a check of ours; its message is the whole reason."""
+
+
+def _reason(error):
+    if isinstance(error, _Refused):
+        return str(error)
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image file Pillow recognises (UnidentifiedImageError)"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"refused unread as a decompression bomb ({error})"
+    return f"{type(error).__name__}: {error}"
+
+
+def image_problem(path, decode=True):
+    """None if ``path`` is an image that :func:`read_image` will read; otherwise the reason, as text.
+
+    With ``decode`` the pixels are decoded too (finds truncated and corrupt files, not only bad
+    headers); without it only the header is read.
+    """
+    problem = _regular_file_problem(path)
+    if problem is not None:
+        return problem
+    try:
+        with Image.open(path) as image:
+            _check_pixels(image)
+            if decode:
+                image.load()
+        return None
+    except Exception as e:  # any failure to read means "skip and report", whatever Pillow's plugin raised
+        return _reason(e)
+
+
+def read_image(path, image_size, color_mode, interpolation="bilinear"):
+    """One image file -> float32 ``(height, width, C)`` in [0, 1] (see :func:`image_to_array`).
+
+    Raises
+    ------
+    OSError
+        The file cannot be read as an image; the message names it and says why (the reason
+        :func:`image_problem` gives).
+    """
+    problem = _regular_file_problem(path)
+    if problem is None:
+        try:
+            with Image.open(path) as image:
+                _check_pixels(image)
+                return image_to_array(image, image_size, color_mode, interpolation)
+        except Exception as e:
+            problem = _reason(e)
+    raise OSError(f"'{path}': {problem}")
 
 
 def is_int(value):

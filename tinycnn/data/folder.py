@@ -19,10 +19,9 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from .. import rng
-from ._imaging import COLOR_MODES, INTERPOLATIONS, check_choice, check_image_size, image_to_array, is_int
+from ._imaging import COLOR_MODES, INTERPOLATIONS, check_choice, check_image_size, image_problem, is_int, read_image
 
 #: At most this many skipped files are named in a warning; ``source.skipped`` lists them all.
 _NAMED_IN_WARNING = 10
@@ -33,19 +32,6 @@ SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testi
 
 def _visible(name):
     return not name.startswith(".")
-
-
-def _unreadable(path, verify):
-    """None if Pillow reads the image at ``path``; otherwise the reason, as text."""
-    try:
-        with Image.open(path) as image:
-            if verify:
-                image.load()  # decodes the pixels: finds truncated and corrupt files, not only bad headers
-        return None
-    except UnidentifiedImageError:
-        return "not an image file Pillow recognises (UnidentifiedImageError)"
-    except Exception as e:  # any failure to read means "skip and report", whatever Pillow's plugin raised
-        return f"{type(e).__name__}: {e}"
 
 
 def _check_bool(value, argument, where):
@@ -225,11 +211,15 @@ class ImageFolder:
             class_dir = os.path.join(self.path, name)
             found = 0
             class_skipped = []
-            for root, dirs, files in os.walk(class_dir):
+            def unlisted(error, into=class_skipped):  # os.walk would pass over an unreadable folder silently
+                into.append((error.filename, f"folder cannot be listed ({type(error).__name__}: "
+                                             f"{error.strerror or error}); nothing in it was read"))
+
+            for root, dirs, files in os.walk(class_dir, onerror=unlisted):
                 dirs[:] = sorted(d for d in dirs if _visible(d))
                 for file in sorted(f for f in files if _visible(f)):
                     file_path = os.path.join(root, file)
-                    reason = _unreadable(file_path, self.verify)
+                    reason = image_problem(file_path, self.verify)
                     if reason is None:
                         file_paths.append(file_path)
                         labels.append(label)
@@ -244,7 +234,7 @@ class ImageFolder:
         if skipped:
             named = "; ".join(f"{p} ({reason})" for p, reason in skipped[:_NAMED_IN_WARNING])
             more = f"; and {len(skipped) - _NAMED_IN_WARNING} more" if len(skipped) > _NAMED_IN_WARNING else ""
-            warnings.warn(f"{self._where}: skipped {len(skipped)} file(s) that Pillow cannot read: {named}{more} "
+            warnings.warn(f"{self._where}: skipped {len(skipped)} file(s) that cannot be read as images: {named}{more} "
                           f"(all are listed in .skipped)", stacklevel=4)
         return file_paths, np.asarray(labels, dtype=np.int64), skipped
 
@@ -287,24 +277,26 @@ class ImageFolder:
         for k, (name, folder, count) in enumerate(zip(self.class_names, self.class_folders, self.class_counts)):
             origin = "" if folder == name else (f"  (no subfolder)" if folder is None else f"  (subfolder '{folder}')")
             lines.append(f"    {k}: {name:<20s} {count} images{origin}")
-        lines.append(f"  skipped:  {len(self.skipped)} file(s) Pillow could not read")
+        lines.append(f"  skipped:  {len(self.skipped)} file(s) that cannot be read as images")
         for path, reason in self.skipped:
             lines.append(f"    {path}: {reason}")
         return "\n".join(lines)
 
     # --- reading ----------------------------------------------------------------------------------
 
+    def read(self, index):
+        """Image ``index`` (of ``file_paths``) as float32 ``(H, W, C)`` in [0, 1]."""
+        return self._read(index)
+
     def _read(self, index):
-        """Image ``index`` as float32 ``(H, W, C)`` in [0, 1]."""
         path = self.file_paths[index]
         try:
-            with Image.open(path) as image:
-                return image_to_array(image, self.image_size, self.color_mode, self.interpolation)
-        except Exception as e:
+            return read_image(path, self.image_size, self.color_mode, self.interpolation)
+        except OSError as e:
             checked = ("it decoded when the folder was scanned" if self.verify
                        else "the scan (verify=False) only read its header")
-            raise OSError(f"{self._where}: cannot read '{path}' ({type(e).__name__}: {e}); {checked}. Has it "
-                          f"changed since? Call image_folder again to rescan.") from None
+            raise OSError(f"{self._where}: cannot read {e}; {checked}. Has it changed since? Call image_folder "
+                          f"again to rescan.") from None
 
     def iter_batches(self, batch_size=None, shuffle=None, seed=None):
         """Read the images a batch at a time.
@@ -373,6 +365,20 @@ class ImageFolder:
         (train_index, _), (val_index, _) = train_val_split(np.arange(len(self)), self.labels, validation_fraction,
                                                            seed, stratify)
         return self._subset(np.sort(train_index), "training"), self._subset(np.sort(val_index), "validation")
+
+    def sample(self, n, seed=0):
+        """A source over ``n`` files drawn at random without replacement (all of them if ``n >= len``).
+
+        For what needs a representative few hundred images rather than the whole folder, e.g. the
+        ``RecalibrateBatchNorm`` callback. Nothing is read.
+        """
+        if not is_int(n) or n < 1:
+            raise ValueError(f"{self._where}.sample: invalid value for argument `n`: expected a positive int, "
+                             f"received {n!r}")
+        if n >= len(self):
+            return self
+        index = np.sort(np.random.default_rng(_check_seed(seed, "sample")).choice(len(self), int(n), replace=False))
+        return self._subset(index, f"{n} sampled" if self.subset is None else f"{self.subset}, {n} sampled")
 
     def with_class_names(self, class_names, class_map=None):
         """The same images, labelled in the order of ``class_names``: a trained model's classes.
