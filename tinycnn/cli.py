@@ -394,11 +394,12 @@ def cmd_evaluate(args):
 def _image_files(paths):
     """Every file named or inside the folders named (recursively, sorted, hidden names skipped), and
     ``(path, reason)`` for each path that is not there or cannot be listed."""
+    from .data._imaging import listing_problem
     files, missing = [], []
     for path in paths:
         if os.path.isdir(path):
             def unlisted(error):
-                missing.append((error.filename, f"folder cannot be listed ({error.strerror or error})"))
+                missing.append((error.filename, listing_problem(error)))
             for root, dirs, names in os.walk(path, onerror=unlisted):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]

@@ -47,6 +47,11 @@ def _regular_file_problem(path):
     return None
 
 
+def listing_problem(error):
+    """The reason to report for a folder ``os.walk`` could not list (its ``onerror`` argument)."""
+    return f"folder cannot be listed ({type(error).__name__}: {error.strerror or error}); nothing in it was read"
+
+
 def _check_pixels(image):
     width, height = image.size
     if width * height > MAX_PIXELS:

@@ -21,7 +21,8 @@ import warnings
 import numpy as np
 
 from .. import rng
-from ._imaging import COLOR_MODES, INTERPOLATIONS, check_choice, check_image_size, image_problem, is_int, read_image
+from ._imaging import (COLOR_MODES, INTERPOLATIONS, check_choice, check_image_size, image_problem, is_int,
+                       listing_problem, read_image)
 
 #: At most this many skipped files are named in a warning; ``source.skipped`` lists them all.
 _NAMED_IN_WARNING = 10
@@ -212,8 +213,7 @@ class ImageFolder:
             found = 0
             class_skipped = []
             def unlisted(error, into=class_skipped):  # os.walk would pass over an unreadable folder silently
-                into.append((error.filename, f"folder cannot be listed ({type(error).__name__}: "
-                                             f"{error.strerror or error}); nothing in it was read"))
+                into.append((error.filename, listing_problem(error)))
 
             for root, dirs, files in os.walk(class_dir, onerror=unlisted):
                 dirs[:] = sorted(d for d in dirs if _visible(d))
