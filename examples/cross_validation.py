@@ -13,9 +13,9 @@ What it does, each step a few lines of scikit-learn around ``tinycnn.sklearn.CNN
    scored by the mean of the k fold models' probabilities. ``--scheduler`` runs the folds on Dask.
 2. ``--grid``: ``GridSearchCV`` over two learning rates (``optimizer__learning_rate``), scored by
    cross-validated AUC on the same folds.
-3. ``--calibrate``: ``CalibratedClassifierCV(ensemble=False)`` against the plain model: the same
-   network trained on all training images (same seed, same weights), once as it is and once with a
-   sigmoid (Platt) map fitted on its cross-validated predictions; Brier score on the test split.
+3. ``--calibrate``: ``CalibratedClassifierCV(ensemble=False)``: one network trained on all
+   training images, scored on the test split by the Brier score as it is and through a sigmoid
+   (Platt) map fitted on cross-validated predictions of the same model.
 
 Without ``--data`` the images are tinycnn's synthetic "lesion" set: generated in code, not medical,
 and saying nothing clinical.
@@ -103,9 +103,9 @@ def main():
         print(f"  best {search.best_params_}, refitted on all training images: test AUC {test_auc:.3f}")
 
     if args.calibrate:
-        plain = CNNClassifier(epochs=args.epochs, optimizer__learning_rate=args.learning_rate,
-                              random_state=args.seed).fit(x, y)
-        calibrated = CalibratedClassifierCV(clone(plain), method="sigmoid", cv=folds, ensemble=False).fit(x, y)
+        seeded = clone(estimator).set_params(random_state=args.seed)
+        calibrated = CalibratedClassifierCV(seeded, method="sigmoid", cv=folds, ensemble=False).fit(x, y)
+        plain = calibrated.calibrated_classifiers_[0].estimator  # the same network, before the sigmoid map
         print(f"\nBrier score on the test split (lower is better; positive class {args.positive_class}):\n"
               f"  plain model:             {brier(plain, x_test, y_test, args.positive_class):.4f}\n"
               f"  CalibratedClassifierCV:  {brier(calibrated, x_test, y_test, args.positive_class):.4f}")

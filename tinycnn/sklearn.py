@@ -437,12 +437,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"CNNClassifier.{where}: y holds labels {np.unique(y[~seen]).tolist()} not among the "
                              f"classes {self.classes_.tolist()} of the first fit; give every label to the first "
                              f"partial_fit with `classes=`")
-        calls = 0 if fresh else self._fits
-        with _seeded(self._seed(calls)):
+        seed = self._seed(0 if fresh else self._fits)
+        with _seeded(seed):
             if fresh:
                 loss = self._component(losses_module, self.loss, "loss")
                 n_outputs = self._n_outputs(loss)
-                network = self._new_network(X.shape[1:], n_outputs, self._seed(0))
+                network = self._new_network(X.shape[1:], n_outputs, seed)
                 self.model_ = self._compile(network, loss, X.shape[1:], n_outputs)
                 self.history_ = {}
                 self._fits = 0
