@@ -469,9 +469,9 @@ def cmd_predict(args):
     if out:
         print(f"Predicted {predicted} image(s), wrote {os.path.abspath(args.out)}")
     if skipped:
-        print(f"Skipped {len(skipped)} file(s) that could not be read as images:", file=sys.stderr)
-        for path, reason in skipped:
-            print(f"  {path}: {reason}", file=sys.stderr)
+        where = " (their reasons are in the CSV's error column)" if out else ""
+        print(f"Skipped {len(skipped)} file(s) that could not be read as images, named above{where}",
+              file=sys.stderr)
     if predicted == 0:
         raise ValueError("no image could be read from the paths given")
     return 1 if skipped else 0
