@@ -192,9 +192,12 @@ def test_weight_decay_exclusions_by_name_and_by_array():
         by_array.apply([(k, copies[k], grads[k]) for k in copies])
     for k in params:
         np.testing.assert_allclose(copies[k].ravel(), want[k], rtol=1e-12, atol=1e-13)
-    assert by_array.get_config()["exclude_from_weight_decay"] == [r"^dense/bias$"]
+    assert by_array.get_config()["exclude_from_weight_decay"] == ["/dense/bias"]
     rebuilt = optimizers.AdamW(**by_array.get_config())
-    assert not rebuilt._use_weight_decay("dense/bias", None) and rebuilt._use_weight_decay("dense/kernel", None)
+    assert not rebuilt._use_weight_decay("dense/bias", None)
+    assert rebuilt._use_weight_decay("dense/kernel", None) and rebuilt._use_weight_decay("my_dense/bias", None)
+    # Plain text, not regular expressions (they come from files)
+    assert optimizers.AdamW(exclude_from_weight_decay=["b.as"])._use_weight_decay("dense/bias", None)
 
 
 def test_clipping_limits_norms_and_values():

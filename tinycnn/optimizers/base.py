@@ -15,7 +15,9 @@ place). The step runs in Keras's order:
 3. Decoupled weight decay, ``w = w - w * weight_decay * lr``, on every parameter not excluded
    with :meth:`Optimizer.exclude_from_weight_decay` (Keras's rule: biases and batch-norm
    ``gamma``/``beta`` are decayed too unless excluded). It is not a loss term: its gradient is
-   never seen by the update rule (Loshchilov & Hutter's "decoupled" decay).
+   never seen by the update rule (Loshchilov & Hutter's "decoupled" decay). PyTorch's
+   ``SGD(weight_decay=wd)`` instead adds ``wd * w`` to the gradient, which then goes through the
+   momentum; that coupled form is ``kernel_regularizer=L2(wd / 2)`` here.
 4. The optimizer's own update rule (``_update``), with ``lr``.
 5. With ``use_ema``: ``average = m * average + (1 - m) * w`` with ``m = ema_momentum``, except
    at the very first step, where ``m = 0`` (the average starts as the weights). Every
@@ -28,7 +30,6 @@ as flat arrays named by ``slot_names``; ``get_state``/``set_state`` turn it into
 saving, so that training continues exactly after a reload.
 """
 import math
-import re
 
 import numpy as np
 
@@ -93,7 +94,7 @@ class Optimizer:
     name : str, optional
         Default: the class name in lower case (``'adamw'``).
     exclude_from_weight_decay : list of str, optional
-        Not a Keras constructor argument: the patterns set by :meth:`exclude_from_weight_decay`,
+        Not a Keras constructor argument: the names set by :meth:`exclude_from_weight_decay`,
         so that a saved optimizer's configuration rebuilds it completely.
     """
 
@@ -171,9 +172,12 @@ class Optimizer:
             Parameter arrays themselves (``layer.params['bias']``); each is matched by identity and
             replaced by its exact name at the next step, so the choice is saved with the model.
         var_names : list of str, optional
-            Regular expressions searched in each parameter's ``"layer_name/param_name"`` (Keras
-            searches the variable's name): ``['bias', 'gamma', 'beta']`` spares the biases and
-            the batch-norm scales and offsets.
+            A parameter is excluded if one of these strings appears in its
+            ``"layer_name/param_name"``: ``['bias', 'gamma', 'beta']`` spares the biases and the
+            batch-norm scales and offsets. (Keras's documentation says the same; its code also
+            treats them as regular expressions. tinycnn matches plain text only, because the
+            strings are saved in model files, and a file must not be able to make training hang on
+            a pathological regular expression.)
         """
         owner = type(self).__name__
         names = list(var_names or [])
@@ -191,9 +195,12 @@ class Optimizer:
     def _use_weight_decay(self, key, value):
         use = self._decay_cache.get(key)
         if use is None:
+            # Matched against "/layer/param", so that "/dense/bias" (an excluded array's name)
+            # names that parameter only, not the bias of a layer called "my_dense".
+            path = "/" + key
             if any(value is a for a in self._decay_excluded_arrays):
-                self._decay_excluded_names.append(f"^{re.escape(key)}$")
-            use = not any(re.search(pattern, key) for pattern in self._decay_excluded_names)
+                self._decay_excluded_names.append(path)
+            use = not any(name in path for name in self._decay_excluded_names)
             self._decay_cache[key] = use
         return use
 
