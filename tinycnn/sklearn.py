@@ -549,12 +549,13 @@ class CrossValidationReport:
         columns = ["fold", "n_train", "n_held_out", *CV_METRICS] + (["test_roc_auc"] if self.test is not None else [])
         columns.append("seconds")
 
-        def cell(v):
-            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else (
-                f"{v:.3f}" if isinstance(v, float) else str(v))
+        def cell(v, column):
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                return "-"
+            return f"{v:.0f}" if column == "seconds" else f"{v:.3f}" if isinstance(v, float) else str(v)
 
         lines = ["  ".join(f"{c:>12s}" for c in columns)]
-        lines += ["  ".join(f"{cell(row.get(c)):>12s}" for c in columns) for row in self.folds]
+        lines += ["  ".join(f"{cell(row.get(c), c):>12s}" for c in columns) for row in self.folds]
         lines.append("")
         for metric, stats in self.summary.items():
             if stats["mean"] is not None:
