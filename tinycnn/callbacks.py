@@ -605,8 +605,8 @@ class SwapEMAWeights(Callback):
     def _swap(self, averages_in):
         optimizer = self.model.optimizer
         if not getattr(optimizer, "use_ema", False):
-            raise ValueError(f"SwapEMAWeights: the model's optimizer must keep a moving average of the weights; "
-                             f"compile with an optimizer created with use_ema=True, received {optimizer!r}")
+            raise ValueError(f"SwapEMAWeights: the model's optimizer must keep a moving average of the weights "
+                             f"(create it with use_ema=True), received {type(optimizer).__name__} without one")
         if optimizer.average_swapped != averages_in:
             optimizer.swap_average_weights(self.model._trainable())
 
