@@ -5,6 +5,7 @@ import numba
 import numpy as np
 import pytest
 from sklearn.model_selection import GridSearchCV
+from threadpoolctl import threadpool_limits
 
 import dask.array as da
 import tinycnn.dask as tdask
@@ -42,11 +43,13 @@ def cluster():
 
 
 def one_thread(function, *args, **kwargs):
-    """Run here with one Numba thread, as each worker does: equal thread counts give equal bits."""
+    """Run here with one Numba and one BLAS thread, as each worker does: equal thread counts give
+    equal bits."""
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        return function(*args, **kwargs)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return function(*args, **kwargs)
     finally:
         numba.set_num_threads(before)
 

@@ -8,6 +8,7 @@ import pickle
 import pickletools
 
 import joblib
+import numba
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -15,6 +16,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score, cross_validate
 from sklearn.pipeline import FunctionTransformer, Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from threadpoolctl import threadpool_info
 
 from tinycnn.callbacks import EarlyStopping
 from tinycnn.data import make_lesion_images
@@ -274,6 +276,23 @@ def test_cross_validate_report(images, capsys):
     assert "± " in str(report)
     again = cross_validate_report(small(), x, y, folds=3, seed=0, threads=1, verbose=0)
     assert [row["roc_auc"] for row in again.folds] == aucs and again.test is None
+
+
+def test_cross_validate_report_threads_limit_numba_and_blas(images):
+    """``threads=1`` is what a Dask worker runs with: one Numba thread and one BLAS thread (with one
+    Numba thread the layers call a threaded BLAS, whose thread count changes its sums)."""
+    x, y = images
+    seen = []
+
+    def recording_cnn(input_shape, num_classes):
+        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+        seen.append((numba.get_num_threads(), blas))
+        return tiny_cnn(input_shape, num_classes)
+
+    before = numba.get_num_threads()
+    cross_validate_report(CNNClassifier(recording_cnn, epochs=1), x, y, folds=2, threads=1, verbose=0)
+    assert len(seen) == 2 and all(threads == 1 and set(blas) <= {1} for threads, blas in seen)
+    assert numba.get_num_threads() == before
 
 
 def test_cross_validate_report_errors(images):

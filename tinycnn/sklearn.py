@@ -477,9 +477,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 # --- cross-validation report ---------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _numba_threads(threads):
-    """Run the block with ``threads`` Numba threads (at most the pool's size); yield the count used."""
+def _thread_count(threads):
+    """Run the block with ``threads`` Numba threads (at most the pool's size) and as many BLAS
+    threads; yield the Numba count used. Both matter for bit-identical results: with one Numba
+    thread tinycnn's layers call a threaded BLAS, whose own thread count changes its sums."""
     import numba
+    from threadpoolctl import threadpool_limits
     before = numba.get_num_threads()
     if threads is None:
         yield before
@@ -487,7 +490,8 @@ def _numba_threads(threads):
     used = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(used)
     try:
-        yield used
+        with threadpool_limits(limits=used, user_api="blas"):
+            yield used
     finally:
         numba.set_num_threads(before)
 
@@ -495,7 +499,7 @@ def _numba_threads(threads):
 def _run_fold(estimator, X, y, train, held_out, X_test, threads):
     """Fit one fold; return the held-out and test probabilities, the seconds and the threads used."""
     start = time.perf_counter()
-    with _numba_threads(threads) as used:
+    with _thread_count(threads) as used:
         estimator.fit(X[train], y[train])
         held_out_probs = estimator.predict_proba(X[held_out])
         test_probs = None if X_test is None else estimator.predict_proba(X_test)
@@ -591,7 +595,7 @@ def cross_validate_report(estimator, X, y, *, folds=5, seed=0, X_test=None, y_te
     class_names : list of str, optional
         Names for the report, in the order of the sorted labels.
     threads : int, optional
-        Numba threads each fold trains with. Results are bit-identical between runs only at equal
+        Numba (and BLAS) threads each fold trains with. Results are bit-identical between runs only at equal
         thread counts; Dask workers started by :func:`tinycnn.dask.scheduler` use 1, so pass
         ``threads=1`` to compare a local run with a cluster run.
     n_jobs : int, optional
