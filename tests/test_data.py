@@ -294,7 +294,8 @@ def test_image_folder_class_names_choose_and_order(folder):
 def test_image_folder_verify_false_reports_a_damaged_file_when_read(folder):
     source = scan(folder, image_size=4, verify=False)
     assert [p for p, _ in source.skipped] == [str(folder / "benign" / "notes.png")]  # the header check still runs
-    with pytest.raises(OSError, match=r"cannot read '.*g_truncated\.jpg': OSError: image file is truncated.*only read its header"):
+    with pytest.raises(OSError, match=r"cannot read '.*g_truncated\.jpg': OSError: image file is truncated.*only "
+                                      r"read its header"):
         source.load()
 
 

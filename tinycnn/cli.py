@@ -104,10 +104,12 @@ def _fit_input(data, k):
     return (data, None) if _is_source(data) else (data[0], tinycnn.to_categorical(data[1], k))
 
 
-def _first(data, n, seed=0):
-    """At most ``n`` training images for batch-norm statistics: a random sample of a source (nothing is
-    read), the first ``n`` of arrays."""
-    return data.sample(n, seed) if _is_source(data) else data[0][:n]
+def _images_for_batchnorm(data, n, seed=0):
+    """Training images for batch-norm statistics: a random sample of at most ``n`` from a source
+    (nothing is read), the first ``n`` of arrays (``n=None``: all of them)."""
+    if _is_source(data):
+        return data.sample(n, seed) if n else data
+    return data[0][:n]
 
 
 def _explain_best(model, test, probs, names, path):
@@ -131,9 +133,9 @@ def _explain_best(model, test, probs, names, path):
 def _finish_training(model, train, test, names, out_dir, history, title):
     """Recalibrate batch norm, report, save model, curves and one Grad-CAM picture; return the report."""
     from .report import report_from_predictions
-    sample = _first(train, 4096)
-    print(f"\nRecomputing batch-norm statistics from {_count(sample) if _is_source(sample) else len(sample)} "
-          f"training images (see Sequential.recalibrate_batchnorm)")
+    sample = _images_for_batchnorm(train, 4096 if _is_source(train) else None)  # arrays: all, already in memory
+    print(f"\nRecomputing batch-norm statistics from {len(sample)} training images (see "
+          f"Sequential.recalibrate_batchnorm)")
     model.recalibrate_batchnorm(sample)
     os.makedirs(out_dir, exist_ok=True)
     probs, labels = _predict(model, test)
@@ -311,7 +313,8 @@ def cmd_train(args):
     history = model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=None if val is None else val if _is_source(val) else _fit_input(val, k),
                         class_weight=None if args.class_weight == "none" else "balanced", verbose=args.verbose,
-                        callbacks=[RecalibrateBatchNorm(_first(train, 512, args.seed), max_samples=None)])
+                        callbacks=[RecalibrateBatchNorm(_images_for_batchnorm(train, 512, args.seed),
+                                                        max_samples=None)])
     title = f"Test set ({how['test']}):" if test is not None else \
         f"Validation set ({how['validation']}; no test set given, so these figures are not an independent test):"
     _finish_training(model, train, test if test is not None else val, names, args.out, history, title)
@@ -411,21 +414,22 @@ def _image_files(paths):
 
 
 def _read_images(files, model):
-    """Yield ``(paths, images (B, H, W, C))`` batches of the readable files, and collect the others."""
-    from .data._imaging import read_image
+    """Read ``files`` at the model's input size, 32 at a time. Yields ``(paths, images (B, H, W, C), None)``
+    for each batch of readable files and ``(None, None, UnreadableImage)`` for each file that is not."""
+    from .data._imaging import UnreadableImage, read_image
     size, color = _model_input(model)
     batch, paths = [], []
     for path in files:
         try:
             batch.append(read_image(path, size, color))
             paths.append(path)
-        except OSError as e:
-            yield None, (path, str(e).split("': ", 1)[-1])
+        except UnreadableImage as e:
+            yield None, None, e
         if len(batch) == 32:
-            yield paths, np.stack(batch)
+            yield paths, np.stack(batch), None
             batch, paths = [], []
     if batch:
-        yield paths, np.stack(batch)
+        yield paths, np.stack(batch), None
 
 
 def cmd_predict(args):
@@ -448,9 +452,9 @@ def cmd_predict(args):
         else:
             print("\t".join(["file", "prediction"] + names))
         predicted = 0
-        for paths, x in _read_images(files, model):
-            if paths is None:
-                path, reason = x
+        for paths, x, unreadable in _read_images(files, model):
+            if unreadable:
+                path, reason = unreadable.path, unreadable.reason
                 _warn(f"skipped {path}: {reason}")
                 skipped.append((path, reason))
                 if writer:
@@ -492,7 +496,7 @@ def _class_index(value, names):
 
 def cmd_explain(args):
     """Grad-CAM pictures: where the model looked, for one image or several in one grid."""
-    from .data._imaging import read_image
+    from .data._imaging import UnreadableImage, read_image
     from .explain import _image_format, grad_cam, save_grad_cam_grid
     _image_format(args.out, "--out")  # refuse an unknown suffix before any work
     model = _load_model(args.model)
@@ -505,8 +509,8 @@ def cmd_explain(args):
     for path in files:
         try:
             image = read_image(path, size, color)
-        except OSError as e:
-            skipped.append((path, str(e).split("': ", 1)[-1]))
+        except UnreadableImage as e:
+            skipped.append((path, e.reason))
             continue
         cam = grad_cam(model, image, class_index=class_index)
         images.append(image)
@@ -645,7 +649,8 @@ def build_parser():
     _report_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="class probabilities for image files and folders", description=cmd_predict.__doc__)
+    p = sub.add_parser("predict", help="class probabilities for image files and folders",
+                       description=cmd_predict.__doc__)
     p.add_argument("model", help="model file written by tinycnn")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files (any format Pillow reads) and folders")
     p.add_argument("--out", metavar="FILE.csv", help="write a CSV file: path, predicted_class, one probability column "

@@ -93,14 +93,21 @@ def image_problem(path, decode=True):
         return _reason(e)
 
 
+class UnreadableImage(OSError):
+    """A file that cannot be read as an image: ``.path``, and ``.reason`` as :func:`image_problem` words it."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"'{path}': {reason}")
+        self.path, self.reason = path, reason
+
+
 def read_image(path, image_size, color_mode, interpolation="bilinear"):
     """One image file -> float32 ``(height, width, C)`` in [0, 1] (see :func:`image_to_array`).
 
     Raises
     ------
-    OSError
-        The file cannot be read as an image; the message names it and says why (the reason
-        :func:`image_problem` gives).
+    UnreadableImage
+        (an OSError) The file cannot be read as an image; the message names it and says why.
     """
     problem = _regular_file_problem(path)
     if problem is None:
@@ -110,7 +117,7 @@ def read_image(path, image_size, color_mode, interpolation="bilinear"):
                 return image_to_array(image, image_size, color_mode, interpolation)
         except Exception as e:
             problem = _reason(e)
-    raise OSError(f"'{path}': {problem}")
+    raise UnreadableImage(path, problem)
 
 
 def is_int(value):

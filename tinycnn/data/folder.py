@@ -7,8 +7,11 @@
 ``image_folder('data', image_size=(64, 64))`` scans the folder once: class names are the sorted
 subfolder names (label = index), files are found recursively inside each class folder, and every
 file is opened with Pillow (so any format Pillow reads works, whatever its extension). A file that
-Pillow cannot read, or an image that is truncated, is skipped with a warning naming it, and listed
-in ``source.skipped``. Hidden files and folders (names starting with '.') are ignored.
+cannot be read as an image (not an image, truncated, empty, a symlink loop, a FIFO, a header
+declaring more than 50 megapixels: see ``_imaging.py``) or a folder that cannot be listed is skipped
+with a warning naming it, and listed in ``source.skipped``. Hidden files and folders (names starting
+with '.') are ignored. Subfolders named like data splits (``train/``, ``valid/``, ``test/``) are
+refused as classes.
 
 The returned :class:`ImageFolder` is a *batch source*: ``model.fit(source, epochs=...)`` reads only one
 batch of images at a time, so the folder may be larger than memory. Small folders can also be loaded
@@ -110,10 +113,11 @@ def _match_class_names(folders, class_names, class_map, where):
     index = [find(mapped.get(f, f), list(class_names)) for f in folders]
     unmatched = [f for f, k in zip(folders, index) if k is None]
     if unmatched:
+        as_dict = ", ".join(f"{f!r}: ..." for f in unmatched)
         raise ValueError(f"{where}: the subfolders {folders} do not match the model's classes {list(class_names)} "
                          f"(no class for {unmatched}); subfolders are matched to classes by name, ignoring case. "
-                         f"Rename the folders, or map them: class_map={{{', '.join(repr(f) + ': ...' for f in unmatched)}}}"
-                         f" (on the command line: --class-map {','.join(f + '=CLASS' for f in unmatched)})")
+                         f"Rename the folders, or map them: class_map={{{as_dict}}} (on the command line: "
+                         f"--class-map {','.join(f + '=CLASS' for f in unmatched)})")
     for k in set(index):
         twice = [f for f, j in zip(folders, index) if j == k]
         if len(twice) > 1:
@@ -148,7 +152,7 @@ class ImageFolder:
     class_counts : ndarray (num_classes,) int64
         Images per class.
     skipped : list of (str, str)
-        ``(path, reason)`` for each file that Pillow could not read.
+        ``(path, reason)`` for each file that cannot be read as an image (or folder that cannot be listed).
     batch_size, shuffle, seed
         Defaults for :meth:`iter_batches`.
     """
@@ -275,7 +279,7 @@ class ImageFolder:
                  f"'{self.color_mode}' -> element_shape {self.element_shape}",
                  f"  classes:  {self.num_classes}"]
         for k, (name, folder, count) in enumerate(zip(self.class_names, self.class_folders, self.class_counts)):
-            origin = "" if folder == name else (f"  (no subfolder)" if folder is None else f"  (subfolder '{folder}')")
+            origin = "" if folder == name else ("  (no subfolder)" if folder is None else f"  (subfolder '{folder}')")
             lines.append(f"    {k}: {name:<20s} {count} images{origin}")
         lines.append(f"  skipped:  {len(self.skipped)} file(s) that cannot be read as images")
         for path, reason in self.skipped:
@@ -469,13 +473,14 @@ def image_folder(path, image_size=(64, 64), color_mode="rgb", batch_size=32, shu
     FileNotFoundError, NotADirectoryError
         The folder does not exist, or is a file.
     ValueError
-        No class subfolders, only one, a class folder without a readable image, a bad argument. The
-        message names the folder and the problem.
+        No class subfolders, only one, subfolders named like data splits (``train``, ``valid``,
+        ``test``...; pass ``class_names`` to use them as classes all the same), a class folder without
+        a readable image, a bad argument. The message names the folder and the problem.
 
     Warns
     -----
     UserWarning
-        Naming the files that were skipped because Pillow cannot read them.
+        Naming the files that were skipped because they cannot be read as images.
     """
     return ImageFolder(path, image_size=image_size, color_mode=color_mode, batch_size=batch_size, shuffle=shuffle,
                        seed=seed, class_names=class_names, interpolation=interpolation, verify=verify)
