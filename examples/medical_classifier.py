@@ -1,6 +1,6 @@
 """The reference program on real medical images: a MedMNIST-style .npz (e.g. BreastMNIST).
 
-    python examples/medical_classifier.py --data path/to/breastmnist_64.npz
+    python examples/medical_classifier.py --data path/to/breastmnist_64.npz --class-names malignant "normal or benign"
     python examples/medical_classifier.py --data breastmnist.npz --epochs 20 --loss focal
 
 The file must hold ``train_images``, ``train_labels``, ``val_images``, ``val_labels``,
@@ -28,13 +28,16 @@ def main():
                         help="cross-entropy, cross-entropy with label smoothing 0.1, or focal loss")
     parser.add_argument("--class-weight", choices=["none", "balanced"], default="none")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--positive-class", type=int, default=1,
-                        help="class index whose recall is reported as sensitivity (BreastMNIST: 0 = malignant)")
+    parser.add_argument("--class-names", nargs="+", metavar="NAME",
+                        help="class names in label order (BreastMNIST: malignant 'normal or benign')")
+    parser.add_argument("--positive-class", type=int, default=None,
+                        help="class index whose recall is reported as sensitivity (default: the class not named as "
+                             "a negative finding such as normal/benign, else 1; BreastMNIST: 0 = malignant)")
     parser.add_argument("--save", metavar="PATH", help="save the trained model here")
     args = parser.parse_args()
 
     tinycnn.set_seed(args.seed)
-    data = load_npz(args.data)
+    data = load_npz(args.data, class_names=args.class_names)
     k = data.num_classes
     X_train, y_train = data.x_train, tinycnn.to_categorical(data.y_train, k)
     X_val, y_val = data.x_val, tinycnn.to_categorical(data.y_val, k)
