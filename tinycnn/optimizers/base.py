@@ -213,7 +213,7 @@ class Optimizer:
 
     def _slots_for(self, key, value):
         slots = self.slots.get(key)
-        if slots is None or slots[0].size != value.size:
+        if slots is None or (slots and slots[0].size != value.size):
             slots = [np.zeros(value.size, dtype=value.dtype) for _ in self.rule_slots]
             if self.use_ema:
                 slots.append(value.reshape(-1).copy())
