@@ -38,8 +38,10 @@ def twin_rule(kind, cfg, p, g, s, lr, t):
         b1, b2, eps = cfg.get("beta_1", 0.9), cfg.get("beta_2", 0.999), cfg.get("epsilon", 1e-7)
         s["m"] = b1 * s["m"] + (1 - b1) * g
         s["v"] = b2 * s["v"] + (1 - b2) * g ** 2
+        s["v_hat"] = np.maximum(s["v_hat"], s["v"])
+        v = s["v_hat"] if cfg.get("amsgrad") else s["v"]
         step = lr * math.sqrt(1 - b2 ** (t + 1)) / (1 - b1 ** (t + 1))   # bias corrections folded in
-        return p - step * s["m"] / (np.sqrt(s["v"]) + eps)
+        return p - step * s["m"] / (np.sqrt(v) + eps)
     if kind == "RMSprop":
         rho, mu, eps = cfg.get("rho", 0.9), cfg.get("momentum", 0.0), cfg.get("epsilon", 1e-7)
         s["velocity"] = rho * s["velocity"] + (1 - rho) * g ** 2
@@ -59,7 +61,7 @@ def twin_run(kind, cfg, params, grad_steps, exclude=()):
     """Apply ``len(grad_steps)`` steps of the whole Keras recipe to copies of ``params``.
     Returns ``(params, averages)``."""
     params = {k: v.astype(np.float64).ravel() for k, v in params.items()}
-    state = {k: {name: np.zeros_like(v) for name in ("velocity", "m", "v", "momentum", "average_gradient")}
+    state = {k: {name: np.zeros_like(v) for name in ("velocity", "m", "v", "v_hat", "momentum", "average_gradient")}
              for k, v in params.items()}
     averages = {k: v.copy() for k, v in params.items()}
     lr_arg = cfg.get("learning_rate", {"SGD": 0.01}.get(kind, 0.001))
@@ -114,6 +116,7 @@ CASES = [
     ("SGD", {"learning_rate": 0.1, "momentum": 0.5, "clipnorm": 1.5}),
     ("Adam", {}),
     ("Adam", {"learning_rate": 0.01, "beta_1": 0.5, "clipvalue": 0.3}),
+    ("Adam", {"learning_rate": 0.05, "beta_2": 0.5, "amsgrad": True}),
     ("AdamW", {"learning_rate": 0.05}),
     ("AdamW", {"learning_rate": 0.05, "weight_decay": 0.1, "global_clipnorm": 2.0}),
     ("RMSprop", {}),
@@ -128,6 +131,10 @@ CASES = [
 def case_id(case):
     kind, cfg = case
     return kind + "-" + "-".join(f"{k}={v}" for k, v in cfg.items())
+
+
+def some_cases(*indices):
+    return [pytest.param(*CASES[i], id=case_id(CASES[i])) for i in indices]
 
 
 @pytest.mark.parametrize("kind, cfg", CASES, ids=[case_id(c) for c in CASES])
@@ -145,8 +152,7 @@ def test_update_rules_match_the_numpy_twin_float64(kind, cfg):
             np.testing.assert_allclose(optimizer.slots[k][-1], averages[k], rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("kind, cfg", [CASES[2], CASES[5], CASES[7], CASES[11], CASES[12]],
-                         ids=[case_id(c) for c in (CASES[2], CASES[5], CASES[7], CASES[11], CASES[12])])
+@pytest.mark.parametrize("kind, cfg", some_cases(2, 5, 6, 8, 12, 13))
 def test_update_rules_in_float32(kind, cfg):
     params, grad_steps = random_problem(4, np.float32)
     optimizer = optimizers.OPTIMIZER_CLASSES[kind](**cfg)
@@ -342,8 +348,7 @@ def model(optimizer, dtype="float64", seed=0):
     return m
 
 
-@pytest.mark.parametrize("kind, cfg", [CASES[3], CASES[7], CASES[11], CASES[13]],
-                         ids=[case_id(c) for c in (CASES[3], CASES[7], CASES[11], CASES[13])])
+@pytest.mark.parametrize("kind, cfg", some_cases(3, 6, 8, 12, 14))
 def test_train_on_batch_follows_the_twin(kind, cfg):
     x, y = data()
     m = model(optimizers.OPTIMIZER_CLASSES[kind](**cfg))

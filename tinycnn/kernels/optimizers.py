@@ -5,6 +5,7 @@ Adam (Keras form; ``t`` counts steps from 1):
     m = m + (1 - beta_1) * (g - m)
     v = v + (1 - beta_2) * (g^2 - v)
     p = p - lr_t * m / (sqrt(v) + epsilon),   lr_t = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+    (AMSGrad: v_hat = max(v_hat, v) in place of v in the step)
 
 SGD with momentum ``mu`` (Keras form):
 
@@ -39,6 +40,22 @@ def adam_update(p, g, m, v, lr_t, beta_1, beta_2, epsilon):
         m[i] = mi
         v[i] = vi
         p[i] -= lr_t * mi / (math.sqrt(vi) + epsilon)
+
+
+@njit(parallel=True, cache=True)
+def amsgrad_update(p, g, m, v, v_hat, lr_t, beta_1, beta_2, epsilon):
+    """Adam's AMSGrad variant: as :func:`adam_update`, but divided by the running maximum
+    ``v_hat = max(v_hat, v)`` of the second moment, so a step never grows because ``v`` shrank.
+    p, g, m, v, v_hat : ndarray (P,), updated in place (p, m, v, v_hat)."""
+    for i in prange(p.shape[0]):
+        gi = g[i]
+        mi = m[i] + (1 - beta_1) * (gi - m[i])
+        vi = v[i] + (1 - beta_2) * (gi * gi - v[i])
+        hi = max(v_hat[i], vi)
+        m[i] = mi
+        v[i] = vi
+        v_hat[i] = hi
+        p[i] -= lr_t * mi / (math.sqrt(hi) + epsilon)
 
 
 @njit(parallel=True, cache=True)
