@@ -297,6 +297,10 @@ def test_fit_ends_with_the_averaged_weights():
     (lambda: optimizers.get("adagrad"), "Invalid value for argument `optimizer`: expected one of ['adam', 'adamw', "
                                         "'rmsprop', 'sgd']"),
     (lambda: optimizers.SGD(use_ema=False).swap_average_weights([]), "SGD: swapping in the moving average"),
+    (lambda: optimizers.SGD(exclude_from_weight_decay="bias"),
+     "SGD.exclude_from_weight_decay: invalid value for argument `var_names`: expected a list of str, received 'bias'"),
+    (lambda: optimizers.SGD().exclude_from_weight_decay(var_list=np.zeros(3)),
+     "SGD.exclude_from_weight_decay: invalid value for argument `var_list`: expected a list of parameter arrays"),
 ])
 def test_bad_hyperparameters_name_optimizer_argument_and_value(make, message):
     with pytest.raises(ValueError) as info:

@@ -180,16 +180,16 @@ class Optimizer:
             a pathological regular expression.)
         """
         owner = type(self).__name__
-        names = list(var_names or [])
-        if not all(isinstance(n, str) for n in names):
+        names = [] if var_names is None else var_names
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"{owner}.exclude_from_weight_decay: invalid value for argument `var_names`: "
                              f"expected a list of str, received {var_names!r}")
-        arrays = list(var_list or [])
-        if not all(isinstance(a, np.ndarray) for a in arrays):
+        arrays = [] if var_list is None else var_list
+        if not isinstance(arrays, (list, tuple)) or not all(isinstance(a, np.ndarray) for a in arrays):
             raise ValueError(f"{owner}.exclude_from_weight_decay: invalid value for argument `var_list`: expected "
                              f"a list of parameter arrays (layer.params[...]), received {var_list!r}")
-        self._decay_excluded_names = names
-        self._decay_excluded_arrays = arrays
+        self._decay_excluded_names = list(names)
+        self._decay_excluded_arrays = list(arrays)
         self._decay_cache = {}
 
     def _use_weight_decay(self, key, value):
