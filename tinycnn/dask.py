@@ -14,11 +14,12 @@ Threads per worker
 ------------------
 Each worker process should train with one thread (or a stated number): a tinycnn fit already
 splits its batches over every thread it is given, so two workers of two threads on two cores would
-fight over them. :func:`scheduler` starts local workers with one task at a time and
-``NUMBA_NUM_THREADS`` = ``threads`` (default 1) and one-thread BLAS; for a remote cluster start the
-workers the same way (``NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 dask worker tcp://HOST:8786
---nthreads 1``). Rule of thumb: workers x threads = cores. Results are bit-identical to a local run
-with the same seeds at the same thread count (``cross_validate_report(..., threads=1)``).
+fight over them. :func:`scheduler` starts local workers that run one task at a time with
+``threads`` (default 1) Numba and BLAS threads (``NUMBA_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``,
+...); start the workers of a remote cluster the same way (``NUMBA_NUM_THREADS=1
+OPENBLAS_NUM_THREADS=1 dask worker tcp://HOST:8786 --nthreads 1``). Rule of thumb: workers x
+threads = cores. Results are bit-identical to a local run with the same seeds and the same thread
+count (``cross_validate_report(..., threads=1)``).
 
 Prediction
 ----------
@@ -143,7 +144,8 @@ def scheduler(address, threads=1):
         only), closed when the block ends; or the address of a running scheduler,
         ``'tcp://HOST:8786'``.
     threads : int, default 1
-        For ``'local:N'``: Numba threads of each worker process (each runs one task at a time).
+        For ``'local:N'``: Numba and BLAS threads of each worker process (each runs one task at a
+        time).
         A remote cluster's workers keep the settings they were started with (see the module
         docstring).
 
@@ -165,10 +167,11 @@ def scheduler(address, threads=1):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"scheduler: invalid value for argument `threads`: expected an int >= 1, received "
                              f"{threads!r}")
-        with _environment(NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-                          MKL_NUM_THREADS="1"):
+        count = str(threads)  # as cross_validate_report(threads=...) sets them here
+        with _environment(NUMBA_NUM_THREADS=count, OMP_NUM_THREADS=count, OPENBLAS_NUM_THREADS=count,
+                          MKL_NUM_THREADS=count):
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None)
+                                   dashboard_address="127.0.0.1:0")  # loopback, any free port
     client = Client(cluster if cluster is not None else address)
     try:
         with joblib.parallel_config(backend="dask"):
