@@ -30,7 +30,7 @@ if not (OUT / "08_model.npz").exists():
 model = load_model(OUT / "08_model.npz")
 size = model.input_shape[1]
 # New images (another seed than lesson 8's): the model has never seen them.
-images, labels, masks = make_lesion_images(n=pick(160, 48), image_size=size, seed=7, return_masks=True)
+images, labels, masks = make_lesion_images(n=pick(160, 32), image_size=size, seed=7, return_masks=True)
 lesions = np.flatnonzero(labels)
 print(f"model input {model.input_shape}, {len(lesions)} lesion images to explain")
 
