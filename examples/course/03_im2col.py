@@ -103,8 +103,7 @@ def best_time(f, repeats):
 
 
 sizes = pick([8, 16, 32, 64, 128, 256], [8, 16])
-loop_sizes = [s for s in sizes if s <= 32]
-times = {"reference loops": [], "im2col + GEMM": [], "Winograd": []}
+times = {"reference loops": [], "im2col": [], "winograd": []}  # seconds, one entry per size
 for s in sizes:
     x = rng.random((1, s, s, 16)).astype(np.float32)
     layer = Conv2D(16, 3, padding="same", use_bias=False)
@@ -114,22 +113,21 @@ for s in sizes:
     for algorithm in ("im2col", "winograd"):
         layer.algorithm = algorithm  # a built 3x3 layer may be switched between the two
         outputs[algorithm] = layer(x)
-        label = "im2col + GEMM" if algorithm == "im2col" else "Winograd"
-        times[label].append(best_time(lambda: layer(x), pick(5, 2)))
-    if s in loop_sizes:
+        times[algorithm].append(best_time(lambda: layer(x), pick(5, 2)))
+    if s <= 32:  # the loops: slow, so small images only; float64, as the truth
         expect = reference.conv2d_forward(x.astype(np.float64), kernel.astype(np.float64), None, padding="same")
         times["reference loops"].append(best_time(
             lambda: reference.conv2d_forward(x, kernel, None, padding="same"), 1))
-        for out in outputs.values():  # float32 against float64 loops
+        for out in outputs.values():
             assert np.allclose(out, expect, rtol=0, atol=1e-4 * np.abs(expect).max())
     assert np.allclose(outputs["winograd"], outputs["im2col"], rtol=0, atol=1e-4 * np.abs(outputs["im2col"]).max())
-    print(f"S = {s:3d}: " + ", ".join(f"{k} {v[-1] * 1e3:8.3f} ms" for k, v in times.items()
-                                      if len(v) == sizes.index(s) + 1))
+    measured = {k: v[-1] for k, v in times.items() if len(v) == len(times["im2col"])}
+    print(f"S = {s:3d}: " + ", ".join(f"{k} {t * 1e3:8.3f} ms" for k, t in measured.items()))
 
 fig, ax = plt.subplots(figsize=(6, 4))
 for label, t in times.items():
-    ax.loglog(sizes[:len(t)], np.array(t) * 1e3, "o-", label=label)
-ax.loglog(sizes, times["im2col + GEMM"][-1] * 1e3 * (np.array(sizes) / sizes[-1]) ** 2, "k--", lw=0.8,
+    ax.loglog(sizes[:len(t)], np.array(t) * 1e3, "o-", label={"im2col": "im2col + GEMM"}.get(label, label))
+ax.loglog(sizes, times["im2col"][-1] * 1e3 * (np.array(sizes) / sizes[-1]) ** 2, "k--", lw=0.8,
           label=r"$\propto S^2$")
 ax.set_xlabel("image side S (one image, 16 -> 16 channels, 3x3)")
 ax.set_ylabel("time per forward pass (ms, best of a few)")
