@@ -95,12 +95,13 @@ def main():
         search = GridSearchCV(clone(estimator).set_params(random_state=args.seed), {"optimizer__learning_rate": rates},
                               cv=folds, scoring="roc_auc")
         search.fit(x, y)
-        print("\nGridSearchCV, cross-validated AUC:")
+        print("\nGridSearchCV, cross-validated AUC (mean ± sd, scikit-learn's sd divides by n):")
         for params, mean, sd in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"],
                                     search.cv_results_["std_test_score"]):
-            print(f"  {params}: {mean:.3f} ± {sd:.3f}")
+            print(f"  learning rate {params['optimizer__learning_rate']:.2g}: {mean:.3f} ± {sd:.3f}")
         test_auc = roc_auc_score(y_test, search.predict_proba(x_test)[:, 1])
-        print(f"  best {search.best_params_}, refitted on all training images: test AUC {test_auc:.3f}")
+        best = search.best_params_["optimizer__learning_rate"]
+        print(f"  best: learning rate {best:.2g}, refitted on all training images: test AUC {test_auc:.3f}")
 
     if args.calibrate:
         seeded = clone(estimator).set_params(random_state=args.seed)
