@@ -36,7 +36,7 @@ class Dense1:
         return "Dense1()"
 
 
-def tiny_cnn(input_shape, num_classes, filters=4, seed=None):
+def tiny_cnn(input_shape, num_classes, filters=4):
     return Sequential([Conv2D(filters, 3, padding="same", activation="relu", input_shape=input_shape),
                        MaxPooling2D(2), Flatten(), Dense(num_classes, activation="softmax")])
 
@@ -86,6 +86,18 @@ def test_fit_predict_with_string_labels(images):
     assert clf.input_shape_ == (8, 8, 3) and clf.n_features_in_ == 8
     assert len(clf.history_["loss"]) == 2
     assert clf.model_.layers[0].filters == 4
+
+
+def test_builder_receives_input_shape_classes_and_seed(images):
+    x, y = images
+    calls = []
+
+    def builder(input_shape, num_classes, seed):
+        calls.append((input_shape, num_classes, seed))
+        return tiny_cnn(input_shape, num_classes)
+
+    CNNClassifier(builder, epochs=1, random_state=7).fit(x, y)
+    assert calls == [((8, 8, 3), 2, 7)]
 
 
 def test_routed_parameters_reach_builder_optimizer_and_loss(images):
