@@ -104,6 +104,10 @@ def predict(model, images, batch_size=32):
 
 
 def _parse(address):
+    """N for 'local:N', None for a scheduler address."""
+    if not isinstance(address, str):
+        raise TypeError(f"scheduler: `address` must be a string such as 'local:2' or 'tcp://HOST:8786', received "
+                        f"{address!r}")
     if address.startswith("local:"):
         count = address[len("local:"):]
         if not count.isdigit() or int(count) < 1:
