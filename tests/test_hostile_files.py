@@ -152,7 +152,7 @@ def test_config_naming_subprocess_popen(good, tmp_path, where):
     files = entries(path)
     config = config_of(files)
     if where == "layer":
-        config["layers"][0]["class_name"] = "subprocess.Popen"
+        config["model"]["layers"][0]["class_name"] = "subprocess.Popen"
         message = "layer 0 asks for class 'subprocess.Popen', which is not a tinycnn layer; refusing to load"
     else:
         config["compile"][where]["class_name"] = "subprocess.Popen"
@@ -237,8 +237,8 @@ def test_an_architecture_and_header_agreeing_on_a_huge_weight_allocate_nothing(t
     m.save(tmp_path / "small.npz")
     files = entries(tmp_path / "small.npz")
     config = config_of(files)
-    config["input_shape"] = [10**6]
-    config["layers"][0]["config"]["units"] = 10**6
+    config["model"]["input_shape"] = [10**6]
+    config["model"]["layers"][0]["config"]["units"] = 10**6
     set_config(files, config)
     files["layers/0/kernel.npy"] = npy_raw((10**6, 10**6), data=b"\0" * 8)
     files["layers/0/bias.npy"] = npy(np.zeros(10**6, dtype=np.float32))
@@ -321,8 +321,8 @@ def test_a_compressed_bomb_is_refused_before_unpacking(tmp_path):
     m.save(tmp_path / "small.npz")
     files = entries(tmp_path / "small.npz")
     config = config_of(files)
-    config["input_shape"] = [4000]
-    config["layers"][0]["config"]["units"] = 4000
+    config["model"]["input_shape"] = [4000]
+    config["model"]["layers"][0]["config"]["units"] = 4000
     set_config(files, config)
     files["layers/0/bias.npy"] = npy(np.zeros(4000, dtype=np.float32))
     path = tmp_path / "bomb.npz"

@@ -135,7 +135,7 @@ def test_softmax_head_uses_logits_and_matches_unfused_gradient():
         model.compile(loss=loss)
         model.compute_gradients(x, y)
         grads.append([g.copy() for layer in model.layers for g in layer.grads.values()])
-        fused.append(model._fused)
+        fused.append(model._reads_logits)
     assert fused == [True, False]
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
@@ -454,3 +454,30 @@ def test_class_weight_weighs_training_samples_only():
     # The validation loss differs only through the (differently) updated weights, not by a factor of
     # the class weights: with plain SGD at 0.01 one step barely moves it.
     assert histories[1]["val_loss"][0] == pytest.approx(histories[0]["val_loss"][0], rel=0.05)
+
+
+def test_fit_and_evaluate_match_a_folder_to_the_models_class_names(tmp_path):
+    # A folder's labels follow its sorted subfolders; the model's follow the order it was trained in.
+    from PIL import Image
+
+    from tinycnn.data import image_folder
+
+    def folder(root, classes):
+        for name, value in classes.items():
+            (root / name).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((4, 4), value, np.uint8)).save(root / name / f"{i}.png")
+        return image_folder(str(root), image_size=(4, 4), color_mode="grayscale")
+
+    model = Sequential([Conv2D(1, 1, input_shape=(4, 4, 1)), GlobalAveragePooling2D(), Dense(2, activation="softmax")])
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    model.fit(folder(tmp_path / "train", {"Parasitized": 255, "Uninfected": 0}), epochs=1, verbose=0)
+    assert model.metadata["class_names"] == ["Parasitized", "Uninfected"]        # learnt from the first folder
+    model.set_weights([np.ones((1, 1, 1, 1)), np.zeros(1), np.array([[10.0, -10.0]]), np.array([-5.0, 5.0])])
+    swapped = folder(tmp_path / "renamed", {"healthy": 0, "parasitized": 255})  # sorts the other way round
+    with pytest.raises(ValueError, match=r"do not match the model's classes \['Parasitized', 'Uninfected'\]"):
+        model.evaluate(swapped, verbose=0)
+    mapped = swapped.with_class_names(model.metadata["class_names"], {"healthy": "Uninfected"})
+    assert model.evaluate(mapped, verbose=0, return_dict=True)["accuracy"] == 1.0
+    same_names = folder(tmp_path / "lower", {"uninfected": 0, "parasitized": 255})  # matched, case aside
+    assert model.evaluate(same_names, verbose=0, return_dict=True)["accuracy"] == 1.0

@@ -79,7 +79,18 @@ def how_it_works(namespace, tmp_path):
     return check
 
 
-SETUP = {"The reference program": reference_program, "Your own images": own_images, "How it works": how_it_works}
+def branches(namespace, tmp_path):
+    """The functional-API snippet makes its own data; it must train a two-input model with a skip."""
+    def check(namespace):
+        model = namespace["model"]
+        assert [t.name for t in model.inputs] == ["image", "clinical"]
+        assert all(math.isfinite(v) for v in model.history.history["loss"])
+        assert any(type(layer).__name__ == "Add" for layer in model.layers)
+    return check
+
+
+SETUP = {"The reference program": reference_program, "Your own images": own_images, "How it works": how_it_works,
+         "Networks with branches": branches}
 
 
 def test_every_snippet_has_its_data_described():

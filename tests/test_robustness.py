@@ -198,9 +198,9 @@ def test_invalid_call_arguments(make, message):
                                       "such ints, received (0, 0)"),
     (lambda: BatchNormalization(epsilon=0), "invalid value for argument `epsilon`: expected a float > 0, received 0"),
     (lambda: Dropout(math.nan), "invalid value for argument `rate`: expected a float in [0, 1), received nan"),
-    (lambda: Sequential([Dense(2, input_shape=(3,))]).compile(optimizer="adamw", loss="categorical_crossentropy"),
-     "Invalid value for argument `optimizer`: expected 'adam', 'sgd' or a tinycnn.optimizers.Optimizer instance, "
-     "received 'adamw'"),
+    (lambda: Sequential([Dense(2, input_shape=(3,))]).compile(optimizer="adadelta", loss="categorical_crossentropy"),
+     "Invalid value for argument `optimizer`: expected one of ['adam', 'adamw', 'rmsprop', 'sgd'], a config dict "
+     "{'class_name': ..., 'config': {...}} or a tinycnn.optimizers.Optimizer instance, received 'adadelta'"),
     (lambda: Sequential([AveragePooling2D(3, strides=1, input_shape=(2, 5, 1), name="avg")]).build(),
      "Layer 'avg' (AveragePooling2D): pool_size (3, 3) is larger than the input (2, 5) with padding='valid'"),
 ])

@@ -1,17 +1,23 @@
-"""How ``fit``, ``evaluate`` and ``predict`` walk over their data, batch by batch.
+"""Data adapters: how ``fit``, ``evaluate`` and ``predict`` walk over their data, batch by batch.
 
 Two kinds of data are accepted:
 
-* arrays ``x`` (and ``y``, ``sample_weight``), validated once at the entry point;
+* arrays: one array per model input (``xs``), targets ``y`` and per-sample weights, validated once
+  by the model at its entry point;
 * a *batch source*: any object with ``len(source)`` (number of samples), ``source.element_shape``
   (per-sample shape, e.g. ``(64, 64, 3)``), ``source.num_classes`` and
   ``source.iter_batches(batch_size, shuffle, seed)`` yielding ``(x_batch, labels_batch)`` with
   integer class labels. ``tinycnn.data.image_folder`` returns one; it reads images from disk a batch
   at a time, so a folder larger than memory still trains. Optional: ``source.labels`` (all labels,
-  for ``class_weight='balanced'``).
+  for ``class_weight='balanced'``); ``source.class_names`` and ``source.with_class_names(names)``
+  (the same samples labelled in the order of ``names``: ``fit``/``evaluate`` use it to match a
+  folder's subfolders to the model's classes by name).
 
-Both yield ``(x, y, w)`` batches with ``x`` C-contiguous in the model's dtype, ``y`` in the form the
-loss wants, and ``w`` the per-sample weights (or None).
+Both adapters yield ``(xs, y, w)``: ``xs`` a list of C-contiguous arrays in the model's dtype (one
+per input), ``y`` the targets in the form the loss wants, ``w`` the per-sample weights or None.
+Class weights work the same way for both: a table indexed by each sample's class label, multiplied
+into the sample weights batch by batch. The adapters know no model: what a batch from a source must
+look like is checked by a function the model hands over.
 """
 import numpy as np
 
@@ -21,18 +27,34 @@ def is_batch_source(obj):
     return hasattr(obj, "iter_batches") and hasattr(obj, "__len__") and hasattr(obj, "element_shape")
 
 
-class ArrayBatches:
-    """Batches cut from validated arrays. ``shuffle`` permutes the sample order every pass."""
+class _Adapter:
+    #: Per-class weight table (``class_weight`` of ``fit``), or None.
+    class_weights = None
 
-    def __init__(self, x, y, sample_weight, dtype):
-        self.x, self.y, self.sample_weight, self.dtype = x, y, sample_weight, dtype
-        self.class_weights = None  # per-class table, set by fit's class_weight
+    def _weights(self, sample_weight, labels):
+        if self.class_weights is None:
+            return sample_weight
+        per_class = self.class_weights[labels]
+        return per_class if sample_weight is None else sample_weight * per_class
+
+
+class ArrayAdapter(_Adapter):
+    """Batches cut from validated arrays. ``labels`` (integer class per sample) serve the class
+    weights; ``shuffle`` permutes the sample order every pass."""
+
+    def __init__(self, xs, y, sample_weight, dtype, labels=None):
+        self.xs, self.y, self.sample_weight, self.dtype, self.labels = list(xs), y, sample_weight, dtype, labels
 
     def __len__(self):
-        return self.x.shape[0]
+        return self.xs[0].shape[0]
 
-    def labels(self, model):
-        return model._class_labels(self.y)
+    def split(self, cut):
+        """Two adapters: samples ``[:cut]`` and ``[cut:]`` (``validation_split`` takes the last part)."""
+        def part(index):
+            pick = (lambda a: None if a is None else a[index])
+            return ArrayAdapter([x[index] for x in self.xs], pick(self.y), pick(self.sample_weight), self.dtype,
+                                pick(self.labels))
+        return part(slice(None, cut)), part(slice(cut, None))
 
     def batches(self, batch_size, shuffle=False, rng=None):
         n = len(self)
@@ -40,23 +62,26 @@ class ArrayBatches:
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             index = order[lo:hi] if shuffle else slice(lo, hi)
-            xb = np.ascontiguousarray(self.x[index], dtype=self.dtype)
+            xs = [np.ascontiguousarray(x[index], dtype=self.dtype) for x in self.xs]
             yb = None if self.y is None else self.y[index]
             wb = None if self.sample_weight is None else self.sample_weight[index]
-            yield xb, yb, wb
+            if self.class_weights is not None:
+                wb = self._weights(wb, self.labels[index])
+            yield xs, yb, wb
 
 
-class SourceBatches:
-    """Batches from a batch source; each batch is checked (shape, finiteness, labels) as it comes."""
+class SourceAdapter(_Adapter):
+    """Batches from a batch source. ``prepare(x, labels)`` (from the model) checks each batch as it
+    comes and returns ``(x, y)`` ready for the model, ``y`` None when no targets are needed."""
 
-    def __init__(self, source, model, where, need_targets=True):
-        self.source, self.model, self.where, self.need_targets = source, model, where, need_targets
-        self.class_weights = None
+    def __init__(self, source, prepare, where):
+        self.source, self.prepare, self.where = source, prepare, where
 
     def __len__(self):
         return len(self.source)
 
-    def labels(self, model):
+    @property
+    def labels(self):
         labels = getattr(self.source, "labels", None)
         if labels is None:
             raise ValueError(f"{self.where}: class_weight='balanced' needs the source's `labels`; this batch "
@@ -65,15 +90,9 @@ class SourceBatches:
 
     def batches(self, batch_size, shuffle=False, rng=None):
         seed = int(rng.integers(0, 2**63)) if (shuffle and rng is not None) else None
-        model = self.model
         for xb, lb in self.source.iter_batches(batch_size=batch_size, shuffle=shuffle, seed=seed):
-            xb = model._check_x(xb, self.where, "a batch from the source")
-            xb = np.ascontiguousarray(xb, dtype=model.dtype)
-            if not self.need_targets:
-                yield xb, None, None
-                continue
-            labels = np.asarray(lb).reshape(-1)
-            yb = model._check_y(model._targets_from_labels(labels, self.where), xb.shape[0], self.where,
-                                "the source's labels")
-            wb = None if self.class_weights is None else self.class_weights[labels.astype(np.int64)]
-            yield xb, yb, wb
+            xb, yb = self.prepare(xb, lb)
+            wb = None
+            if self.class_weights is not None:
+                wb = self._weights(None, np.asarray(lb).reshape(-1).astype(np.int64))
+            yield [xb], yb, wb

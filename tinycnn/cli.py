@@ -14,7 +14,7 @@ import numpy as np
 
 from .callbacks import RecalibrateBatchNorm
 from .data import train_val_split
-from .models import reference_model
+from .models import reference_model, resnet18
 
 DEFAULT_OUT = "tinycnn-runs"
 
@@ -192,7 +192,8 @@ def cmd_demo(args):
     model.metadata = {"class_names": names, "image_size": [s, s], "color_mode": "rgb",
                       "dataset": "tinycnn synthetic lesion images", "positive_class": positive,
                       "positive_class_reason": reason,
-                      "training": {"epochs": args.epochs, "seed": args.seed, "loss": "categorical_crossentropy",
+                      "training": {"model": "reference", "epochs": args.epochs, "seed": args.seed,
+                                       "loss": "categorical_crossentropy",
                                    "splits": {key: {"images": n, "how": f"generated with seed {args.seed + i}"}
                                               for i, (key, n) in enumerate((("train", len(x_train)),
                                                                             ("validation", len(x_val)),
@@ -299,13 +300,14 @@ def cmd_train(args):
     if positive is not None:
         print(f"  positive class (for sensitivity): {names[positive]!r}" +
               ("" if reason == "given" else f", {reason}; --positive-class to choose"))
-    model = reference_model(shape, k, augment=args.augment, seed=args.seed)
+    build = resnet18 if args.model == "resnet18" else reference_model
+    model = build(shape, k, augment=args.augment, seed=args.seed)
     model.compile(optimizer=tinycnn.optimizers.Adam(learning_rate=args.learning_rate), loss=_loss(args, k),
                   metrics=["accuracy", "auc"])
     model.metadata = {"class_names": names, "image_size": list(shape[:2]), "color_mode": color,
                       "dataset": os.path.abspath(args.data), "positive_class": positive,
                       "positive_class_reason": reason,
-                      "training": {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size,
+                      "training": {"model": args.model, "epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size,
                                    "learning_rate": args.learning_rate, "loss": model.loss.get_config(),
                                    "class_weight": args.class_weight, "augment": args.augment, "splits": splits}}
     model.summary()
@@ -565,6 +567,9 @@ def cmd_summary(args):
 # --- argument parsing -----------------------------------------------------------------------------
 
 def _training_options(p):
+    p.add_argument("--model", choices=["reference", "resnet18"], default="reference",
+                   help="the network: the reference CNN of README, or ResNet-18 (the MedMNIST baseline; a 3x3 "
+                        "stem without max pooling for images up to 32 pixels) (default reference)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ._threads import compute_lock
+from .graph import Plan
 from .layers import Conv2D
 
 
@@ -39,18 +40,42 @@ class GradCAM:
                 f"layer='{self.layer}', heatmap shape {self.heatmap.shape})")
 
 
-def _target_layer(model, layer):
+def _on_every_path(model, node):
+    """True if every path from the inputs to the output passes through ``node``."""
+    stack, seen = [model.outputs[0].node], set()
+    while stack:
+        current = stack.pop()
+        if current is node or id(current) in seen:
+            continue
+        if current.is_input:
+            return False
+        seen.add(id(current))
+        stack.extend(t.node for t in current.inputs)
+    return True
+
+
+def _target_node(model, layer):
+    """The call (node) of the layer whose feature maps Grad-CAM weighs.
+
+    By default the last Conv2D, when all of the network's information passes through it (a plain
+    stack); otherwise, as in a residual network whose last convolution has a shortcut beside it,
+    the last image-shaped output that every path passes through (the last block's output)."""
     if layer is None:
-        convs = [i for i, lay in enumerate(model.layers) if isinstance(lay, Conv2D)]
+        convs = [node for node in model._nodes if isinstance(node.layer, Conv2D)]
         if not convs:
             raise ValueError(f"grad_cam: model '{model.name}' has no Conv2D layer to explain")
-        return convs[-1]
-    for i, lay in enumerate(model.layers):
+        if _on_every_path(model, convs[-1]):
+            return convs[-1]
+        maps = [node for node in model._nodes[model._nodes.index(convs[-1]):]
+                if len(node.output.sample_shape) == 3 and _on_every_path(model, node)]
+        return maps[-1] if maps else convs[-1]
+    for node in reversed(model._nodes):
+        lay = node.layer
         if lay.name == layer or lay is layer:
             if len(lay.output_shape) != 3:
                 raise ValueError(f"grad_cam: {lay.describe()} outputs {(None,) + lay.output_shape}; "
                                  f"choose a layer with image-shaped output (height, width, channels)")
-            return i
+            return node
     raise ValueError(f"grad_cam: the model has no layer named {layer!r}; its layers are "
                      f"{[lay.name for lay in model.layers]}")
 
@@ -60,9 +85,10 @@ def grad_cam(model, image, class_index=None, layer=None):
 
     Parameters
     ----------
-    model : Sequential
+    model : Model or Sequential
     image : ndarray (H, W, C) or (1, H, W, C)
-        Scaled as the model's training data was.
+        Scaled as the model's training data was. For a model with several inputs, a list with one
+        sample for each.
     class_index : int, optional
     layer : str, optional
         Name of the layer whose feature maps are weighed; default the last Conv2D.
@@ -72,30 +98,33 @@ def grad_cam(model, image, class_index=None, layer=None):
     GradCAM
         ``.heatmap`` is an ndarray (H, W) float32 in [0, 1] (all zeros when no feature map speaks
         for the class); the object also converts with ``np.asarray``.
+
+    Notes
+    -----
+    The forward and backward passes run through an execution plan of the model made for this call,
+    with the target layer's output kept as a value (it is never computed inside a fused step); the
+    gradient of the class's logit arrives at that value from every branch that reads it.
     """
     model._require_built("grad_cam")
-    x = np.asarray(image)
-    if x.ndim == len(model.layers[0].input_shape):
-        x = x[None]
-    x = model._check_x(x, "grad_cam", "image")
-    if x.shape[0] != 1:
-        raise ValueError(f"grad_cam: expected one image, received a batch of {x.shape[0]}")
-    x = np.ascontiguousarray(x, dtype=model.dtype)
-    target = _target_layer(model, layer)
+    images = image if isinstance(image, (list, tuple)) else [image]
+    images = [np.asarray(a) for a in images]
+    images = [a[None] if a.ndim == len(t.sample_shape) else a for a, t in zip(images, model.inputs)]
+    xs = model._check_inputs(images if len(images) > 1 else images[0], "grad_cam", "image")
+    if xs[0].shape[0] != 1:
+        raise ValueError(f"grad_cam: expected one image, received a batch of {xs[0].shape[0]}")
+    xs = [np.ascontiguousarray(a, dtype=model.dtype) for a in xs]
+    target = _target_node(model, layer)
     with compute_lock():  # one batch through the layers at a time (see tinycnn/_threads.py)
-        return _grad_cam(model, x, class_index, target)
+        return _grad_cam(model, xs, class_index, target)
 
 
-def _grad_cam(model, x, class_index, target):
-    head = model.layers[-1]
-    n_out = head.output_shape[-1]
-    activations = None
-    out = x
-    for i, lay in enumerate(model.layers):
-        out = lay.forward(out, training=False)
-        if i == target:
-            activations = out.copy()
-    probabilities = out.reshape(-1).astype(np.float64)
+def _grad_cam(model, xs, class_index, target):
+    plan = Plan(model.inputs, model.outputs[0], fuse=model.fuse_layers, observe=[target])
+    slot = plan.slot_of[id(target)]
+    values = plan.run(xs, training=False)
+    activations = values[slot].copy()
+    probabilities = values[plan.output].reshape(-1).astype(np.float64)
+    n_out = probabilities.shape[0]
     if class_index is None:
         class_index = int(np.argmax(probabilities))
     if isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer)) \
@@ -106,19 +135,10 @@ def _grad_cam(model, x, class_index, target):
     # Backward from the class logit down to the target layer's output, in inference mode.
     seed = np.zeros((1, n_out), dtype=model.dtype)
     seed[0, class_index] = 1
-    later = model.layers[target + 1:]
-    saved = [lay.input_grad_needed for lay in later]
-    try:
-        for lay in later:
-            lay.input_grad_needed = True
-        act = getattr(head, "activation", None)
-        grad = head.backward_from_logits(seed) if act is not None and act.name in ("softmax", "sigmoid") \
-            else head.backward(seed)
-        for lay in reversed(later[:-1]):
-            grad = lay.backward(grad)
-    finally:
-        for lay, flag in zip(later, saved):
-            lay.input_grad_needed = flag
+    act = getattr(plan.head.owner, "activation", None)
+    from_logits = act is not None and act.name in ("softmax", "sigmoid")
+    grad = plan.backward(seed if from_logits else seed.reshape(values[plan.output].shape), from_logits=from_logits,
+                         keep=(slot,))[slot]
     grads = np.asarray(grad, dtype=np.float64).reshape(activations.shape)[0]
     feature_maps = activations[0].astype(np.float64)
 
@@ -126,10 +146,10 @@ def _grad_cam(model, x, class_index, target):
     cam = np.maximum((feature_maps * alpha).sum(axis=2), 0.0)
     if cam.max() > 0:
         cam /= cam.max()
-    h, w = model.layers[0].input_shape[:2]
+    h, w = model.inputs[0].sample_shape[:2]
     resized = Image.fromarray(cam.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR)
     heatmap = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
-    return GradCAM(heatmap, class_index, probabilities, model.layers[target].name)
+    return GradCAM(heatmap, class_index, probabilities, target.layer.name)
 
 
 def _colormap(values):

@@ -32,7 +32,7 @@ from . import rng
 DEFAULT_EPS = 1e-6
 
 
-def numerical_gradient(f, a, eps=DEFAULT_EPS):
+def numerical_gradient(f, a, eps=DEFAULT_EPS, entries=None):
     """Central-difference gradient of the scalar ``f()`` with respect to ``a``, perturbed in place.
 
     Parameters
@@ -41,11 +41,13 @@ def numerical_gradient(f, a, eps=DEFAULT_EPS):
         Reads ``a`` (and anything else) and returns a scalar.
     a : ndarray, float64
         Perturbed element by element and restored.
+    entries : array of int, optional
+        Flat indices to differentiate (the others stay 0); all of them by default.
     """
     grad = np.zeros(a.shape, dtype=np.float64)
     flat = a.reshape(-1)
     g = grad.reshape(-1)
-    for i in range(flat.size):
+    for i in (range(flat.size) if entries is None else entries):
         old = flat[i]
         flat[i] = old + eps
         up = f()
@@ -196,29 +198,41 @@ def check_loss(loss, y_pred, y_true, logits=None, sample_weight=None, eps=DEFAUL
     return _report({"y_pred": (grad, numerical_gradient(objective, y_pred, eps))})
 
 
-def check_model(model, x, y, sample_weight=None, training=True, eps=DEFAULT_EPS):
-    """Check every parameter gradient of a compiled float64 model, loss included.
+def check_model(model, x, y, sample_weight=None, training=True, eps=DEFAULT_EPS, entries_per_weight=None):
+    """Check every parameter gradient of a compiled float64 model, loss (and weight penalties)
+    included. ``x`` is an array, or a list of arrays for a model with several inputs.
+
+    ``entries_per_weight=k`` compares only ``k`` entries of each weight array, drawn at random
+    (seeded; every array still takes part): a deep network then needs two forward passes per
+    sampled entry instead of per parameter (CS231n's sparse gradient check).
 
     This checks the whole training step as ``fit`` runs it: the softmax folded into the loss, label
     smoothing, focal loss, sample weights. Build the model's layers with ``dtype='float64'``.
     """
     if model.dtype != np.float64:
         raise ValueError("check_model: build the model's layers with dtype='float64' for a gradient check")
-    x = model._check_x(x, "check_model")
-    y = model._check_y(y, x.shape[0], "check_model")
-    x = np.array(x, dtype=np.float64)
+    xs = [np.array(a, dtype=np.float64) for a in model._check_inputs(x, "check_model")]
+    y = model._check_y(y, xs[0].shape[0], "check_model")
     restore = _random_state_keeper(model.layers)
 
     def objective():
         restore()
-        out = model._forward(x, training)
-        return model._loss(out, y, sample_weight)[0]
+        out = model._forward(xs, training)
+        return model.compute_loss(xs, y, out, sample_weight, training)[0]
 
     restore()
-    model.compute_gradients(x, y, sample_weight, training=training)
+    model.compute_gradients(xs, y, sample_weight, training=training)
     analytic = {(layer.name, k): layer.grads[k].copy() for layer in model.layers for k in layer.params}
+    pick = rng.generator(0)
     pairs = {}
     for layer in model.layers:
         for key, value in layer.params.items():
-            pairs[f"{layer.name}/{key}"] = (analytic[(layer.name, key)], numerical_gradient(objective, value, eps))
+            entries = None
+            if entries_per_weight is not None and value.size > entries_per_weight:
+                entries = np.sort(pick.choice(value.size, entries_per_weight, replace=False))
+            numeric = numerical_gradient(objective, value, eps, entries)
+            exact = analytic[(layer.name, key)]
+            if entries is not None:
+                exact, numeric = exact.reshape(-1)[entries], numeric.reshape(-1)[entries]
+            pairs[f"{layer.name}/{key}"] = (exact, numeric)
     return _report(pairs)

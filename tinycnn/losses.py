@@ -29,10 +29,11 @@ def _row(row):
 
 
 class Loss:
-    """Base class. Subclasses set ``kernel_logits`` / ``kernel_probs`` and ``fuses_with``."""
+    """Base class. Subclasses set ``kernel_logits`` / ``kernel_probs`` and ``reads_logits_of``."""
 
-    #: The activation whose logits this loss can take directly ('softmax', 'sigmoid' or None).
-    fuses_with = None
+    #: The activation of a model's output layer whose logits this loss takes instead of its
+    #: probabilities ('softmax', 'sigmoid' or None): exact, and no log(0).
+    reads_logits_of = None
     #: 'categorical' (one-hot targets), 'sparse' (integer labels) or 'binary' (0/1 per output).
     target_kind = "categorical"
 
@@ -151,7 +152,7 @@ class CategoricalCrossentropy(Loss):
         Targets become ``y * (1 - label_smoothing) + label_smoothing / K``.
     """
 
-    fuses_with = "softmax"
+    reads_logits_of = "softmax"
 
     def _from_logits(self, z, t, w, per_sample, grad):
         K.softmax_cross_entropy(z, t, w, per_sample, grad)
@@ -219,7 +220,7 @@ class CategoricalFocalCrossentropy(Loss):
     label_smoothing : float in [0, 1], default 0
     """
 
-    fuses_with = "softmax"
+    reads_logits_of = "softmax"
 
     def __init__(self, alpha=0.25, gamma=2.0, from_logits=False, label_smoothing=0.0, name=None):
         super().__init__(from_logits=from_logits, label_smoothing=label_smoothing, name=name)
@@ -261,7 +262,7 @@ class BinaryCrossentropy(Loss):
     towards 0.5: ``y * (1 - ls) + 0.5 * ls``.
     """
 
-    fuses_with = "sigmoid"
+    reads_logits_of = "sigmoid"
     target_kind = "binary"
 
     def check_targets(self, y, n_outputs, owner="fit", argument="y"):

@@ -1,12 +1,16 @@
-"""``Sequential``: a stack of layers with Keras's build / compile / fit / evaluate / predict.
+"""``Model`` (Keras's functional API) and ``Sequential`` (a linear ``Model``): build, compile, fit,
+evaluate, predict.
 
-The training loop lives here and nowhere else. One step, for a batch ``(x, y)``:
+A model is a graph of layer calls from its inputs to its output (``layers/node.py``), compiled once
+into an execution plan (``graph.py``). The training loop lives here and nowhere else. One step,
+for a batch ``(x, y)`` (:meth:`Model.train_step`):
 
-1. forward: ``out = layer_n(...layer_1(x))`` in training mode;
-2. loss and its gradient with respect to the output. When the last layer ends in a softmax (or a
-   sigmoid) and the loss takes probabilities, the loss is computed from that layer's logits and the
-   gradient starts at the logits (``p - y`` for cross-entropy): exact, and no ``log(0)``;
-3. backward through the layers in reverse, each storing its parameter gradients;
+1. forward: the plan's steps in order, in training mode;
+2. loss and its gradient with respect to the output (:meth:`Model.compute_loss`). When the output
+   layer ends in a softmax (or a sigmoid) and the loss takes probabilities, the loss *reads the
+   logits* of that layer and the gradient starts there (``p - y`` for cross-entropy): exact, and no
+   ``log(0)``;
+3. backward: the steps in reverse, each storing its parameter gradients;
 4. the optimizer updates every trainable parameter in place.
 
 Inputs are validated once, here, at the entry points; the layers trust what they are given.
@@ -20,15 +24,19 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from . import archive
 from . import callbacks as callbacks_module
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from . import rng
 from ._threads import compute_lock
-from .batching import ArrayBatches, SourceBatches, is_batch_source
+from .batching import ArrayAdapter, SourceAdapter, is_batch_source
+from .graph import Plan, topological_nodes
+from .layers import LAYER_CLASSES
 from .layers.base import Layer, unique_name
-from .layers.conv import Conv2D
+from .layers.core import InputLayer
+from .layers.node import SymbolicTensor
 from .layers.normalization import BatchNormalization
 
 
@@ -69,25 +77,62 @@ def _user_stacklevel():
     return level
 
 
-class Sequential:
-    """A linear stack of layers, Keras's ``Sequential``.
+def _tensor_list(value, argument, where):
+    """``value`` (a symbolic tensor or a list of them) as a list, or a ValueError naming the argument."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(t, SymbolicTensor) for t in items):
+        raise ValueError(f"{where}: `{argument}` must be symbolic tensors (from tinycnn.Input and layers called on "
+                         f"it), received {value!r}")
+    return items
+
+
+class _CallbackList:
+    """The callbacks of one ``fit``, called together and in order (Keras's ``CallbackList``)."""
+
+    def __init__(self, callbacks, model):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            cb.set_model(model)
+
+    def wants_batch_metrics(self):
+        return any(cb.wants_batch_metrics() for cb in self.callbacks)
+
+    def dispatch(self, event, *args):
+        """``cb.<event>(*args)`` for every callback: ``dispatch('on_epoch_end', epoch, logs)``."""
+        for cb in self.callbacks:
+            getattr(cb, event)(*args)
+
+
+class Model:
+    """A network of layers from ``inputs`` to ``outputs``, Keras's functional ``Model``.
 
     Parameters
     ----------
-    layers : list of Layer, optional
+    inputs : SymbolicTensor or list of them
+        From :func:`tinycnn.Input`; several inputs (an image and a vector of clinical features) are
+        fed as a list: ``model.fit([images, features], y)``.
+    outputs : SymbolicTensor (or a list of one)
+        The result of calling layers on the inputs. Models with several outputs are not supported
+        yet: build one model per output, sharing layers.
     name : str, optional
 
     Examples
     --------
-    >>> model = Sequential([Conv2D(8, 3, activation='relu', input_shape=(28, 28, 1)),
-    ...                     Flatten(), Dense(2, activation='softmax')])
-    >>> model.compile(optimizer='adam', loss='categorical_crossentropy', metrics=['accuracy'])
-    >>> history = model.fit(x, y, epochs=3, validation_split=0.2)
+    >>> image = Input(shape=(28, 28, 1))
+    >>> x = Conv2D(16, 3, padding='same', activation='relu')(image)
+    >>> y = Conv2D(16, 3, padding='same')(x)
+    >>> x = ReLU()(Add()([x, y]))                      # a residual connection
+    >>> model = Model(image, Dense(2, activation='softmax')(GlobalAveragePooling2D()(x)))
+    >>> model.compile(optimizer='adam', loss='categorical_crossentropy', metrics=['auc'])
+
+    A layer called twice shares its weights (its gradients add up). ``Model(model.inputs,
+    model.get_layer('flatten').output)`` is a feature extractor that shares the trained weights.
     """
 
-    def __init__(self, layers=None, name=None):
-        self.name = name or unique_name("sequential")
+    def __init__(self, inputs=None, outputs=None, name=None):
+        self.name = name or unique_name("functional" if type(self) is Model else "sequential")
         self.layers = []
+        self.inputs, self.outputs = [], []
         self.built = False
         self.compiled = False
         self.optimizer = None
@@ -97,92 +142,131 @@ class Sequential:
         self.history = None
         #: Free-form JSON-serialisable facts saved with the model (class names, image size, ...).
         self.metadata = {}
-        #: Compute a Winograd Conv2D and the 2x2 MaxPooling2D after it in one pass during fit,
-        #: evaluate and predict (``Conv2D.forward_pooled``): same results, bit for bit, without
-        #: storing the full-size output. Set to False to run every layer on its own.
-        self.fuse_layers = True
-        self._fused_at = ()
-        for layer in layers or []:
-            self.add(layer)
+        self._fuse_layers = True
+        self._plan = None
+        self._nodes = []
+        self._reads_logits = False
+        if inputs is None and outputs is None:
+            return
+        if inputs is None or outputs is None:
+            raise ValueError("Model: give both `inputs` and `outputs` (symbolic tensors), e.g. "
+                             "Model(inputs=image, outputs=probabilities)")
+        inputs = _tensor_list(inputs, "inputs", f"Model '{self.name}'")
+        outputs = _tensor_list(outputs, "outputs", f"Model '{self.name}'")
+        self._set_graph(inputs, outputs)
+        layers = []
+        for node in self._nodes:
+            if not any(layer is node.layer for layer in layers):
+                layers.append(node.layer)
+        names = [layer.name for layer in layers]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"Model '{self.name}': layer names must be unique, found several layers named "
+                             f"{duplicated}")
+        self.layers = layers
+
+    def _set_graph(self, inputs, outputs):
+        where = f"Model '{self.name}'"
+        for t in inputs:
+            if not t.node.is_input:
+                raise ValueError(f"{where}: every input must come from tinycnn.Input(...), but `inputs` holds the "
+                                 f"output of layer '{t.name}'")
+        if len({id(t) for t in inputs}) != len(inputs):
+            raise ValueError(f"{where}: the same input appears twice in `inputs`")
+        if len(outputs) != 1:
+            raise ValueError(f"{where}: models with several outputs are not supported yet (received {len(outputs)}: "
+                             f"{[t.name for t in outputs]}); build one model per output (they may share layers)")
+        self._nodes = topological_nodes(inputs, outputs, where)
+        self.inputs, self.outputs = list(inputs), list(outputs)
+        self.built = True
+        self._plan = None
+        self._reading_logits()
 
     # --- structure --------------------------------------------------------------------------------
 
-    def add(self, layer):
-        """Append a layer. Names must be unique within the model."""
-        if not isinstance(layer, Layer):
-            raise TypeError(f"Sequential.add: expected a tinycnn layer instance, received {layer!r}"
-                            + (" (a class: did you forget the parentheses?)" if isinstance(layer, type) else ""))
-        if any(existing.name == layer.name for existing in self.layers):
-            raise ValueError(f"Sequential.add: the model already has a layer named '{layer.name}'")
-        if self.layers and layer.input_shape_arg is not None:
-            raise ValueError(f"{layer.describe()}: `input_shape` is only meaningful on the first layer")
-        self.layers.append(layer)
-        self.built = False
-
     @property
     def input_shape(self):
-        """Per-sample input shape with a leading ``None``, once known."""
-        return (None,) + self.layers[0].input_shape if self.built else None
+        """``(None,) + shape`` of the input (a list of them for several inputs), once built."""
+        if not self.built:
+            return None
+        shapes = [t.shape for t in self.inputs]
+        return shapes[0] if len(shapes) == 1 else shapes
 
     @property
     def output_shape(self):
-        return (None,) + self.layers[-1].output_shape if self.built else None
+        return self.outputs[0].shape if self.built else None
 
     @property
     def dtype(self):
-        return self.layers[0].dtype
+        return self.inputs[0].dtype if self.inputs else self.layers[0].dtype
+
+    @property
+    def _output_layer(self):
+        return self.outputs[0].node.layer
+
+    def get_layer(self, name=None, index=None):
+        """The layer called ``name`` (or at position ``index`` of ``model.layers``), as in Keras."""
+        if (name is None) == (index is None):
+            raise ValueError("get_layer: give either `name` or `index`")
+        if index is not None:
+            if not _is_int(index) or not -len(self.layers) <= index < len(self.layers):
+                raise ValueError(f"get_layer: `index` {index!r} is out of range for {len(self.layers)} layers")
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"get_layer: model '{self.name}' has no layer named {name!r}; its layers are "
+                         f"{[layer.name for layer in self.layers]}")
 
     def build(self, input_shape=None):
-        """Build every layer in turn from the per-sample ``input_shape`` (no batch axis).
+        """A functional model is built when it is made; this only checks ``input_shape`` if given."""
+        if input_shape is not None:
+            given = tuple(input_shape)
+            if given != self.input_shape and given != tuple(self.input_shape[1:]):
+                raise ValueError(f"Model '{self.name}' takes input {self.input_shape}, not {given}")
 
-        Without an argument the first layer's ``input_shape=`` is used. Keras's form with a leading
-        ``None`` batch axis is accepted too.
-        """
-        if not self.layers:
-            raise ValueError(f"Model '{self.name}' has no layers: add some before building it")
-        if input_shape is None:
-            input_shape = self.layers[0].input_shape_arg
-        if input_shape is None:
-            raise ValueError(f"Model '{self.name}' does not know its input shape yet: pass `input_shape=` to "
-                             f"the first layer, call build(input_shape), or call fit/predict with data first")
-        input_shape = tuple(input_shape)
-        if input_shape and input_shape[0] is None:
-            input_shape = input_shape[1:]
-        dtypes = {layer.dtype for layer in self.layers}
-        if len(dtypes) > 1:
-            raise ValueError(f"Model '{self.name}': all layers must share one dtype, found "
-                             f"{sorted(d.name for d in dtypes)}")
-        shape = input_shape
-        grad_needed = False
-        for layer in self.layers:
-            if not layer.built or layer.input_shape != tuple(shape):
-                if layer.built:
-                    raise ValueError(f"{layer.describe()} was built for input {(None,) + layer.input_shape} "
-                                     f"but receives {(None,) + tuple(shape)} in this model")
-                layer.build(shape)
-            # A layer needs to pass a gradient to its input only if something below it learns.
-            layer.input_grad_needed = grad_needed
-            grad_needed = grad_needed or bool(layer.params)
-            shape = layer.output_shape
-        self.built = True
-        self._head_fusion()
+    @property
+    def fuse_layers(self):
+        """Compute a Winograd Conv2D and the 2x2 MaxPooling2D after it in one step (``graph.py``):
+        same results, bit for bit, without storing the full-size output. Set to False to run
+        every layer on its own."""
+        return self._fuse_layers
 
-    def _head_fusion(self):
-        """Decide whether the loss takes the last layer's logits (see the module docstring)."""
-        head = self.layers[-1]
-        act = getattr(head, "activation", None)
-        self._fused = (self.loss is not None and not self.loss.from_logits and act is not None
-                       and self.loss.fuses_with == act.name)
+    @fuse_layers.setter
+    def fuse_layers(self, value):
+        self._fuse_layers = bool(value)
+        self._plan = None
+
+    @property
+    def plan(self):
+        """The execution plan (``tinycnn.graph.Plan``), compiled on first use after building."""
+        self._require_built("plan")
+        if self._plan is None:
+            self._plan = Plan(self.inputs, self.outputs[0], fuse=self._fuse_layers)
+        return self._plan
+
+    def _fusion_plan(self):
+        """Positions in ``model.layers`` of the convolutions that compute their pooling inside them."""
+        return tuple(sorted(self.layers.index(step.owner) for step in self.plan.steps if step.pool is not None))
+
+    _fused_at = property(_fusion_plan)
+
+    def _reading_logits(self):
+        """Decide whether the loss reads the output layer's logits (see the module docstring)."""
+        act = getattr(self._output_layer, "activation", None) if self.built else None
+        self._reads_logits = (self.loss is not None and not self.loss.from_logits and act is not None
+                              and self.loss.reads_logits_of == act.name)
 
     # --- compile ----------------------------------------------------------------------------------
 
-    def compile(self, optimizer="adam", loss=None, metrics=None):
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
         """Configure training.
 
         Parameters
         ----------
-        optimizer : 'adam', 'sgd' or an Optimizer, default 'adam'
-            Keras's default is 'rmsprop', which tinycnn does not ship; Adam is what people pass.
+        optimizer : str or Optimizer, default 'rmsprop'
+            'rmsprop', 'adam', 'adamw', 'sgd', or an instance (Keras's default; tinycnn 0.1, which
+            had no RMSprop, defaulted to Adam).
         loss : str or Loss
             'categorical_crossentropy', 'sparse_categorical_crossentropy',
             'categorical_focal_crossentropy', 'binary_crossentropy', or an instance.
@@ -202,10 +286,11 @@ class Sequential:
         if len(set(names)) != len(names) or "loss" in names:
             raise ValueError(f"compile: metric names must be unique and not 'loss', received {names}")
         self.compiled = True
-        if not self.built and self.layers and self.layers[0].input_shape_arg is not None:
-            self.build()
-        if self.built:
-            self._head_fusion()
+        self._build_if_shape_known()
+        self._reading_logits()
+
+    def _build_if_shape_known(self):
+        pass
 
     def _require_compiled(self, where):
         if not self.compiled:
@@ -215,24 +300,55 @@ class Sequential:
 
     # --- validation at the entry points -----------------------------------------------------------
 
+    def _input_reader(self, i):
+        """The layer error messages name for input ``i``: the first layer that reads it."""
+        return self.inputs[i].node.layer
+
     def _check_x(self, x, where, argument="x", allow_empty=False):
+        """Validate the inputs: an array for a one-input model, else a list of arrays."""
+        xs = self._check_inputs(x, where, argument, allow_empty)
+        return xs[0] if len(xs) == 1 else xs
+
+    def _check_inputs(self, x, where, argument="x", allow_empty=False):
+        """``x`` as a list of validated arrays, one per model input."""
         if x is None:
             raise ValueError(f"{where}: argument `{argument}` is required")
-        x = _as_array(x, where, argument)
-        _real_numbers(x, where, argument)
+        several = self.built and len(self.inputs) > 1
+        if several:
+            if not isinstance(x, (list, tuple)) or len(x) != len(self.inputs):
+                raise ValueError(f"{where}: model '{self.name}' has {len(self.inputs)} inputs "
+                                 f"{[t.name for t in self.inputs]}; pass `{argument}` as a list of "
+                                 f"{len(self.inputs)} arrays in that order, received "
+                                 f"{type(x).__name__ if not isinstance(x, (list, tuple)) else f'{len(x)} items'}")
+            arrays = [_as_array(a, where, f"{argument}[{i}]") for i, a in enumerate(x)]
+            names = [f"{argument}[{i}]" for i in range(len(arrays))]
+        else:
+            if isinstance(x, (list, tuple)) and len(x) == 1 and hasattr(x[0], "shape"):
+                x = x[0]
+            arrays, names = [_as_array(x, where, argument)], [argument]
+        for a, name in zip(arrays, names):
+            _real_numbers(a, where, name)
         if not self.built:
-            if x.ndim < 2:
+            if arrays[0].ndim < 2:
                 raise ValueError(f"{where}: `{argument}` must be a batch of samples (N, ...), received shape "
-                                 f"{x.shape}")
-            self.build(x.shape[1:])
-        first = self.layers[0]
-        expected = (None,) + first.input_shape
-        if x.ndim != len(expected) or tuple(x.shape[1:]) != first.input_shape:
-            raise ValueError(f"{where}: input to layer '{first.name}' ({type(first).__name__}) must have shape "
+                                 f"{arrays[0].shape}")
+            self.build(arrays[0].shape[1:])
+        for i, (a, name) in enumerate(zip(arrays, names)):
+            self._check_one_input(i, a, where, name, allow_empty)
+        if len({a.shape[0] for a in arrays}) > 1:
+            raise ValueError(f"{where}: the inputs hold different numbers of samples "
+                             f"{[a.shape[0] for a in arrays]}; they must match")
+        return arrays
+
+    def _check_one_input(self, i, x, where, argument, allow_empty):
+        reader = self._input_reader(i)
+        expected = self.inputs[i].shape
+        if x.ndim != len(expected) or tuple(x.shape[1:]) != expected[1:]:
+            raise ValueError(f"{where}: input to layer '{reader.name}' ({type(reader).__name__}) must have shape "
                              f"{expected}, received `{argument}` with shape {x.shape}")
         if x.shape[0] == 0 and not allow_empty:
             raise ValueError(f"{where}: `{argument}` holds no samples (shape {x.shape})")
-        if x.dtype.kind == "f":
+        if x.dtype.kind == "f" and x.size:
             # Per-sample extremes: NaN propagates through max/min, so one pass each finds NaN, Inf and
             # values too large for the model's dtype, without a temporary the size of x.
             axes = tuple(range(1, x.ndim))
@@ -255,12 +371,11 @@ class Sequential:
                 f"works best on floats in [0, 1]: divide by {top} first ({argument}.astype('float32') / {top}), "
                 f"or read images with tinycnn.data (load_npz, image_folder), which scale them. "
                 f"(Shown once per model.)"))
-        return x
 
     def _check_y(self, y, n, where, argument="y"):
         if y is None:
             raise ValueError(f"{where}: argument `{argument}` (the targets) is required")
-        head = self.layers[-1]
+        head = self._output_layer
         if len(head.output_shape) != 1:
             raise ValueError(f"{where}: the loss expects the model's output to be (batch, classes), but "
                              f"{head.describe()} outputs {(None,) + head.output_shape}; end the model with "
@@ -306,7 +421,7 @@ class Sequential:
 
     def _targets_from_labels(self, labels, where):
         """Integer class labels (from a batch source) in the form the loss expects."""
-        k = self.layers[-1].output_shape[-1]
+        k = self._output_layer.output_shape[-1]
         if labels.dtype.kind not in "biu" and not (labels.dtype.kind == "f" and np.all(labels == np.round(labels))):
             raise TypeError(f"{where}: a batch source must yield integer class labels, received dtype {labels.dtype}")
         labels = labels.astype(np.int64)
@@ -322,7 +437,7 @@ class Sequential:
 
     def _class_weights(self, class_weight, labels, where):
         """Per-class weight table from ``class_weight`` (a dict or ``'balanced'``) and the labels."""
-        n_classes = max(self.layers[-1].output_shape[-1], 2)
+        n_classes = max(self._output_layer.output_shape[-1], 2)
         if isinstance(class_weight, str) and class_weight == "balanced":
             from sklearn.utils.class_weight import compute_class_weight
             present = np.unique(labels)
@@ -344,7 +459,15 @@ class Sequential:
         return table
 
     def _data(self, x, y, sample_weight, where, need_targets=True, allow_empty=False):
-        """Validate the data given to an entry point; return an ArrayBatches or SourceBatches."""
+        """Validate the data given to an entry point; return an ArrayAdapter or SourceAdapter."""
+        if is_batch_source(x) and need_targets and hasattr(x, "with_class_names"):
+            # A folder's labels follow its sorted subfolder names; a model's follow the order it was
+            # trained in. Match them by name, so that a folder sorted otherwise is never scored
+            # with swapped labels: the first folder a model is fitted on sets its class names.
+            if where == "fit" and not self.metadata.get("class_names"):
+                self.metadata["class_names"] = list(x.class_names)
+            if self.metadata.get("class_names"):
+                x = x.with_class_names(self.metadata["class_names"])
         if is_batch_source(x):
             if y is not None or sample_weight is not None:
                 raise ValueError(f"{where}: `y` and `sample_weight` must be None when `x` is a batch source "
@@ -352,17 +475,30 @@ class Sequential:
             shape = tuple(x.element_shape)
             if not self.built:
                 self.build(shape)
-            if shape != self.layers[0].input_shape:
-                first = self.layers[0]
-                raise ValueError(f"{where}: input to layer '{first.name}' ({type(first).__name__}) must have shape "
-                                 f"{(None,) + first.input_shape}, but the batch source yields {(None,) + shape}")
+            if len(self.inputs) != 1:
+                raise ValueError(f"{where}: a batch source feeds one input, but model '{self.name}' has "
+                                 f"{len(self.inputs)}; pass a list of arrays instead")
+            if shape != self.inputs[0].sample_shape:
+                reader = self._input_reader(0)
+                raise ValueError(f"{where}: input to layer '{reader.name}' ({type(reader).__name__}) must have shape "
+                                 f"{self.inputs[0].shape}, but the batch source yields {(None,) + shape}")
             if len(x) == 0 and not allow_empty:
                 raise ValueError(f"{where}: the batch source holds no samples")
-            return SourceBatches(x, self, where, need_targets)
-        x = self._check_x(x, where, allow_empty=allow_empty)
-        y = self._check_y(y, x.shape[0], where) if need_targets else None
-        sw = self._check_sample_weight(sample_weight, x.shape[0], where) if need_targets else None
-        return ArrayBatches(x, y, sw, self.dtype)
+
+            def prepare(xb, lb):
+                xb = self._check_inputs(xb, where, "a batch from the source")[0]
+                xb = np.ascontiguousarray(xb, dtype=self.dtype)
+                if not need_targets:
+                    return xb, None
+                labels = np.asarray(lb).reshape(-1)
+                return xb, self._check_y(self._targets_from_labels(labels, where), xb.shape[0], where,
+                                         "the source's labels")
+            return SourceAdapter(x, prepare, where)
+        xs = self._check_inputs(x, where, allow_empty=allow_empty)
+        n = xs[0].shape[0]
+        y = self._check_y(y, n, where) if need_targets else None
+        sw = self._check_sample_weight(sample_weight, n, where) if need_targets else None
+        return ArrayAdapter(xs, y, sw, self.dtype, labels=None if y is None else self._class_labels(y))
 
     def _check_batch_size(self, batch_size, where):
         if batch_size is None:
@@ -374,48 +510,35 @@ class Sequential:
 
     # --- one step ---------------------------------------------------------------------------------
 
-    def _fusion_plan(self):
-        """Indices of the Conv2D layers whose next layer (a 2x2 max pooling) runs inside them."""
-        if not self.fuse_layers:
-            return ()
-        body = self.layers[:-1]  # the head stays on its own: the loss reads its logits
-        return tuple(i for i in range(len(body) - 1)
-                     if isinstance(body[i], Conv2D) and body[i].fuses_with(body[i + 1]))
-
-    def _forward(self, x, training):
-        self._fused_at = fused = self._fusion_plan()
-        i = 0
-        while i < len(self.layers):
-            if i in fused:
-                x = self.layers[i].forward_pooled(x, training=training)
-                i += 2
-            else:
-                x = self.layers[i].forward(x, training=training)
-                i += 1
-        return x
+    def _forward(self, xs, training):
+        """The output for input batches ``xs`` (a list, or one array for a one-input model)."""
+        return self.plan.forward(xs if isinstance(xs, list) else [xs], training)
 
     def _loss(self, out, y, sample_weight):
         """Loss value, per-sample losses and the gradient to start backward from."""
-        if self._fused:
-            value, per_sample, grad = self.loss.value_and_grad(y, self.layers[-1].logits, sample_weight,
-                                                               logits=True)
-        else:
-            value, per_sample, grad = self.loss.value_and_grad(y, out.reshape(out.shape[0], -1), sample_weight)
-        return value, per_sample, grad
+        if self._reads_logits:
+            return self.loss.value_and_grad(y, self._output_layer.logits, sample_weight, logits=True)
+        return self.loss.value_and_grad(y, out.reshape(out.shape[0], -1), sample_weight)
 
-    def _backward(self, grad):
-        head = self.layers[-1]
-        grad = head.backward_from_logits(grad) if self._fused else head.backward(grad.reshape(
-            (-1,) + head.output_shape))
-        fused = self._fused_at
-        for i in reversed(range(len(self.layers) - 1)):
-            if grad is None:
-                break
-            if i - 1 in fused:    # a pooling layer that ran inside the convolution before it
-                continue
-            layer = self.layers[i]
-            grad = layer.backward_pooled(grad) if i in fused else layer.backward(grad)
-        return grad
+    def compute_loss(self, x, y, y_pred, sample_weight=None, training=True):
+        """The loss of one batch, with the layers' weight penalties, and its gradient with respect to
+        the model's output (or its logits, see the module docstring): ``(value, gradient)``.
+
+        Keras's ``compute_loss`` returns the value alone and lets automatic differentiation find
+        the gradient; tinycnn has no automatic differentiation, so an override returns both.
+        """
+        value, _, grad = self._loss(y_pred, y, sample_weight)
+        return value + self._regularization(gradients=False), grad
+
+    @property
+    def losses(self):
+        """The layers' weight penalties, one float per regularized weight (Keras's ``model.losses``)."""
+        return [value for layer in self.layers for value in getattr(layer, "losses", [])]
+
+    def _regularization(self, gradients):
+        """The layers' weight penalties (``kernel_regularizer``, ...), added to the loss as Keras
+        does; with ``gradients=True`` each layer also adds its penalty's gradient to ``grads``."""
+        return sum(layer.regularization(gradients) for layer in self.layers)
 
     def _trainable(self):
         return [(f"{layer.name}/{key}", value, layer.grads[key])
@@ -423,16 +546,38 @@ class Sequential:
 
     def compute_gradients(self, x, y, sample_weight=None, training=True):
         """Forward and backward on one batch without updating: returns ``(loss, output)``; the
-        gradients are left in each ``layer.grads``. Used by ``train_on_batch`` and ``gradcheck``."""
+        gradients are left in each ``layer.grads``. Used by ``train_step`` and ``gradcheck``."""
         out = self._forward(x, training=training)
-        value, _, grad = self._loss(out, y, sample_weight)
-        self._backward(grad)
-        return value + self._regularization(gradients=True), out
+        value, grad = self.compute_loss(x, y, out, sample_weight, training)
+        self.plan.backward(grad, from_logits=self._reads_logits)
+        self._regularization(gradients=True)
+        return value, out
 
-    def _regularization(self, gradients):
-        """The layers' weight penalties (``kernel_regularizer``, ...), added to the loss as Keras
-        does; with ``gradients=True`` each layer also adds its penalty's gradient to ``grads``."""
-        return sum(layer.regularization(gradients) for layer in self.layers)
+    def train_step(self, data):
+        """One optimizer step on one batch ``data = (xs, y, sample_weight)`` (Keras's name; override
+        it to change what a step does). Updates the metrics; returns ``(loss, output)``."""
+        xs, y, w = data
+        with compute_lock():
+            value, out = self.compute_gradients(xs, y, w)
+            self.optimizer.apply(self._trainable())
+            for m in self.metrics:
+                m.update(y, out.reshape(out.shape[0], -1), w)
+        return value, out
+
+    def test_step(self, data):
+        """Loss of one batch in inference mode; updates the metrics. Returns ``(loss, output)``."""
+        xs, y, w = data
+        with compute_lock():
+            out = self._forward(xs, training=False)
+            value, _ = self.compute_loss(xs, y, out, w, training=False)
+            for m in self.metrics:
+                m.update(y, out.reshape(out.shape[0], -1), w)
+        return value, out
+
+    def predict_step(self, data):
+        """The output for one batch ``data = (xs, ...)`` in inference mode (a copy)."""
+        with compute_lock():
+            return self._forward(data[0], training=False).copy()
 
     # --- fit --------------------------------------------------------------------------------------
 
@@ -463,108 +608,93 @@ class Sequential:
             sample_weight=None, initial_epoch=0):
         """Train for ``epochs`` passes over the data; returns a :class:`~tinycnn.callbacks.History`.
 
-        Arguments and defaults are Keras's. ``x`` is an array (with targets ``y``) or a batch source
-        such as ``tinycnn.data.image_folder(...)`` (which yields its own labels; see
-        ``tinycnn/batching.py``); ``validation_data`` likewise takes ``(x_val, y_val)`` or a source.
-        ``validation_split`` takes the *last* fraction of the arrays before shuffling, as Keras does.
-        ``class_weight`` is a dict ``{class: weight}`` or ``'balanced'`` (weights
-        ``N / (K * count_k)``, scikit-learn's rule).
+        Arguments and defaults are Keras's. ``x`` is an array (a list of arrays for a model with
+        several inputs; with targets ``y``) or a batch source such as
+        ``tinycnn.data.image_folder(...)`` (which yields its own labels; see ``tinycnn/batching.py``);
+        ``validation_data`` likewise takes ``(x_val, y_val)`` or a source. ``validation_split``
+        takes the *last* fraction of the arrays before shuffling, as Keras does. ``class_weight`` is
+        a dict ``{class: weight}`` or ``'balanced'`` (weights ``N / (K * count_k)``, scikit-learn's
+        rule).
         """
         self._require_compiled("fit")
         with self._training("fit"):
-            return self._fit(x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
-                             shuffle, class_weight, sample_weight, initial_epoch)
+            train = self._data(x, y, sample_weight, "fit")
+            batch_size = self._check_batch_size(batch_size, "fit")
+            if not _is_int(epochs) or epochs < 0:
+                raise ValueError(f"fit: invalid value for argument `epochs`: expected an int >= 0, received "
+                                 f"{epochs!r}")
+            train, validation = self._split_validation(train, validation_split, validation_data)
+            if class_weight is not None:  # training samples only, as Keras: validation stays unweighted
+                train.class_weights = self._class_weights(class_weight, train.labels, "fit")
+            steps = math.ceil(len(train) / batch_size)
+            verbose = 1 if verbose == "auto" else int(verbose)
+            self.history = callbacks_module.History()
+            cbs = list(callbacks or []) + [self.history]   # then the progress bar, last, as Keras orders them
+            if verbose:
+                cbs.append(callbacks_module.ProgressBar(verbose=verbose, steps=steps, epochs=epochs))
+            cbs = _CallbackList(cbs, self)
+            shuffle_rng = rng.generator()
+            self.stop_training = False
+            # Metric results after every batch only when something shows or reads them: an exact AUC
+            # re-ranks everything seen so far, so per-batch results would cost O(N log N) per batch.
+            batch_metrics = cbs.wants_batch_metrics()
+            cbs.dispatch("on_train_begin")
+            self._warned_nan = False
+            for epoch in range(initial_epoch, epochs):
+                cbs.dispatch("on_epoch_begin", epoch)
+                logs = self._train_epoch(train, batch_size, shuffle, shuffle_rng, cbs, batch_metrics, epoch)
+                if validation is not None:
+                    cbs.dispatch("on_test_begin")
+                    logs.update({f"val_{k}": v for k, v in self._evaluate_batches(validation, batch_size).items()})
+                    cbs.dispatch("on_test_end")
+                cbs.dispatch("on_epoch_end", epoch, logs)
+                if self.stop_training:
+                    break
+            self.optimizer.finalize_variable_values(self._trainable())
+            cbs.dispatch("on_train_end")
+            return self.history
 
-    def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
-             class_weight, sample_weight, initial_epoch):
-        train = self._data(x, y, sample_weight, "fit")
-        batch_size = self._check_batch_size(batch_size, "fit")
-        if not _is_int(epochs) or epochs < 0:
-            raise ValueError(f"fit: invalid value for argument `epochs`: expected an int >= 0, received {epochs!r}")
+    def _train_epoch(self, train, batch_size, shuffle, shuffle_rng, cbs, batch_metrics, epoch):
+        """One pass over ``train``; returns the epoch's logs (mean loss and the metrics)."""
+        loss_sum, seen, logs = 0.0, 0, {}
+        for m in self.metrics:
+            m.reset()
+        for step, batch in enumerate(train.batches(batch_size, shuffle, shuffle_rng)):
+            value, _ = self.train_step(batch)
+            n = batch[0][0].shape[0]
+            seen += n
+            loss_sum += value * n
+            logs = {"loss": loss_sum / seen}
+            if batch_metrics:
+                logs.update({m.name: m.result() for m in self.metrics})
+            if not math.isfinite(value) and not self._warned_nan:
+                warnings.warn(f"fit: the loss became {value} at epoch {epoch + 1}, batch {step + 1}; training "
+                              f"has diverged (try a smaller learning rate, or pass "
+                              f"callbacks=[TerminateOnNaN()])", RuntimeWarning, stacklevel=_user_stacklevel())
+                self._warned_nan = True
+            cbs.dispatch("on_train_batch_end", step, logs)
+            if self.stop_training:
+                break
+        logs.update({m.name: m.result() for m in self.metrics})
+        return logs
+
+    def _split_validation(self, train, validation_split, validation_data):
         if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
             raise ValueError(f"fit: invalid value for argument `validation_split`: expected a float in [0, 1), "
                              f"received {validation_split!r}")
-        if validation_data is None and validation_split:
-            if not isinstance(train, ArrayBatches):
-                raise ValueError("fit: `validation_split` needs arrays; with a batch source pass "
-                                 "`validation_data=` (e.g. another image_folder) instead")
-            n_all = len(train)
-            n_val = int(n_all * validation_split)
-            if n_val == 0 or n_val == n_all:
-                raise ValueError(f"fit: validation_split={validation_split} leaves no samples for training or "
-                                 f"validation out of {n_all}")
-            cut = n_all - n_val
-            sw = train.sample_weight
-            validation = ArrayBatches(train.x[cut:], train.y[cut:], None if sw is None else sw[cut:], self.dtype)
-            train = ArrayBatches(train.x[:cut], train.y[:cut], None if sw is None else sw[:cut], self.dtype)
-        elif validation_data is not None:
-            validation = self._validation(validation_data)
-        else:
-            validation = None
-        if class_weight is not None:  # training samples only, as Keras: validation stays unweighted
-            train.class_weights = self._class_weights(class_weight, train.labels(self), "fit")
-            if isinstance(train, ArrayBatches):
-                per_sample = train.class_weights[train.labels(self)]
-                sw = train.sample_weight
-                train.sample_weight = per_sample if sw is None else sw * per_sample
-
-        steps = math.ceil(len(train) / batch_size)
-        verbose = 1 if verbose == "auto" else int(verbose)
-        self.history = callbacks_module.History()
-        cbs = list(callbacks or [])
-        if verbose:
-            cbs.insert(0, callbacks_module.ProgressBar(verbose=verbose, steps=steps, epochs=epochs))
-        cbs.append(self.history)
-        for cb in cbs:
-            cb.set_model(self)
-        shuffle_rng = rng.generator()
-        self.stop_training = False
-        warned_nan = False
-        # Metric results after every batch only when something shows or reads them: an exact AUC
-        # re-ranks everything seen so far, so per-batch results would cost O(N log N) per batch.
-        batch_metrics = any(cb.wants_batch_metrics() for cb in cbs)
-        for cb in cbs:
-            cb.on_train_begin()
-        for epoch in range(initial_epoch, epochs):
-            for cb in cbs:
-                cb.on_epoch_begin(epoch)
-            loss_sum, seen, logs = 0.0, 0, {}
-            for m in self.metrics:
-                m.reset()
-            for step, (xb, yb, wb) in enumerate(train.batches(batch_size, shuffle, shuffle_rng)):
-                with compute_lock():
-                    value, out = self.compute_gradients(xb, yb, wb)
-                    self.optimizer.apply(self._trainable())
-                    for m in self.metrics:
-                        m.update(yb, out.reshape(out.shape[0], -1), wb)
-                seen += xb.shape[0]
-                loss_sum += value * xb.shape[0]
-                logs = {"loss": loss_sum / seen}
-                if batch_metrics:
-                    logs.update({m.name: m.result() for m in self.metrics})
-                if not math.isfinite(value) and not warned_nan:
-                    warnings.warn(f"fit: the loss became {value} at epoch {epoch + 1}, batch {step + 1}; training "
-                                  f"has diverged (try a smaller learning rate, or pass "
-                                  f"callbacks=[TerminateOnNaN()])", RuntimeWarning, stacklevel=_user_stacklevel())
-                    warned_nan = True
-                for cb in cbs:
-                    cb.on_train_batch_end(step, logs)
-                if self.stop_training:
-                    break
-            logs.update({m.name: m.result() for m in self.metrics})
-            if validation is not None:
-                for cb in cbs:
-                    cb.on_test_begin()
-                val = self._evaluate_batches(validation, batch_size)
-                logs.update({f"val_{k}": v for k, v in val.items()})
-            for cb in cbs:
-                cb.on_epoch_end(epoch, logs)
-            if self.stop_training:
-                break
-        self.optimizer.finalize_variable_values(self._trainable())
-        for cb in cbs:
-            cb.on_train_end()
-        return self.history
+        if validation_data is not None:
+            return train, self._validation(validation_data)
+        if not validation_split:
+            return train, None
+        if not isinstance(train, ArrayAdapter):
+            raise ValueError("fit: `validation_split` needs arrays; with a batch source pass "
+                             "`validation_data=` (e.g. another image_folder) instead")
+        n_all = len(train)
+        n_val = int(n_all * validation_split)
+        if n_val == 0 or n_val == n_all:
+            raise ValueError(f"fit: validation_split={validation_split} leaves no samples for training or "
+                             f"validation out of {n_all}")
+        return train.split(n_all - n_val)
 
     def _validation(self, validation_data):
         if is_batch_source(validation_data):
@@ -582,14 +712,11 @@ class Sequential:
         loss_sum, seen = 0.0, 0
         for m in self.metrics:
             m.reset()
-        for xb, yb, wb in data.batches(batch_size):
-            with compute_lock():
-                out = self._forward(xb, training=False)
-                value, _, _ = self._loss(out, yb, wb)
-                for m in self.metrics:
-                    m.update(yb, out.reshape(out.shape[0], -1), wb)
-            loss_sum += (value + self._regularization(gradients=False)) * xb.shape[0]
-            seen += xb.shape[0]
+        for batch in data.batches(batch_size):
+            value, _ = self.test_step(batch)
+            n = batch[0][0].shape[0]
+            loss_sum += value * n
+            seen += n
         return {"loss": loss_sum / seen, **{m.name: m.result() for m in self.metrics}}
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, return_dict=False):
@@ -617,12 +744,12 @@ class Sequential:
         data = self._data(x, None, None, "predict", need_targets=False, allow_empty=True)
         batch_size = self._check_batch_size(batch_size, "predict")
         self._warn_if_batchnorm_unsettled()
-        out = np.empty((len(data),) + self.layers[-1].output_shape, dtype=self.dtype)
+        out = np.empty((len(data),) + self.output_shape[1:], dtype=self.dtype)
         lo = 0
-        for xb, _, _ in data.batches(batch_size):
-            with compute_lock():
-                out[lo:lo + xb.shape[0]] = self._forward(xb, training=False)
-            lo += xb.shape[0]
+        for batch in data.batches(batch_size):
+            n = batch[0][0].shape[0]
+            out[lo:lo + n] = self.predict_step(batch)
+            lo += n
         if lo != out.shape[0]:
             raise ValueError(f"predict: the batch source announced {out.shape[0]} samples but yielded {lo}")
         if verbose:
@@ -630,29 +757,31 @@ class Sequential:
         return out
 
     def __call__(self, x, training=False):
-        """``model(x)``: the forward pass on a batch, validated, as Keras's functional call."""
-        x = self._check_x(x, "Sequential.__call__")
+        """``model(x)``: on data, the forward pass on a batch, validated; on symbolic tensors, the
+        model used as a layer is not supported yet (call its layers instead)."""
+        if isinstance(x, SymbolicTensor) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], SymbolicTensor)):
+            raise TypeError(f"Model '{self.name}' cannot be called on symbolic tensors yet (a model used as a layer "
+                            f"of another model); build the new model from its layers, e.g. "
+                            f"Model(model.inputs, Dense(2)(model.get_layer('flatten').output))")
+        xs = self._check_inputs(x, f"{type(self).__name__}.__call__")
         with compute_lock():
-            return self._forward(np.ascontiguousarray(x, dtype=self.dtype), training=training).copy()
+            return self._forward([np.ascontiguousarray(a, dtype=self.dtype) for a in xs], training=training).copy()
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         """One optimizer step on one batch; returns the loss (and metrics on that batch)."""
         self._require_compiled("train_on_batch")
-        x = self._check_x(x, "train_on_batch")
-        y = self._check_y(y, x.shape[0], "train_on_batch")
-        sw = self._check_sample_weight(sample_weight, x.shape[0], "train_on_batch")
+        xs = self._check_inputs(x, "train_on_batch")
+        y = self._check_y(y, xs[0].shape[0], "train_on_batch")
+        sw = self._check_sample_weight(sample_weight, xs[0].shape[0], "train_on_batch")
         if class_weight is not None:
             labels = self._class_labels(y)
             cw = self._class_weights(class_weight, labels, "train_on_batch")[labels]
             sw = cw if sw is None else sw * cw
-        with self._training("train_on_batch"), compute_lock():
-            value, out = self.compute_gradients(np.ascontiguousarray(x, dtype=self.dtype), y, sw)
-            self.optimizer.apply(self._trainable())
-            result = {"loss": value}
+        with self._training("train_on_batch"):
             for m in self.metrics:
                 m.reset()
-                m.update(y, out.reshape(out.shape[0], -1), sw)
-                result[m.name] = m.result()
+            value, _ = self.train_step(([np.ascontiguousarray(a, dtype=self.dtype) for a in xs], y, sw))
+        result = {"loss": value, **{m.name: m.result() for m in self.metrics}}
         if return_dict:
             return result
         values = list(result.values())
@@ -669,23 +798,26 @@ class Sequential:
         far fewer, and the model then behaves well in training mode but badly at inference. This
         fixes it in one pass per batch-norm layer, without changing any trained weight.
 
-        The layers are done in order, each from the outputs of the layers before it with their
+        The layers are done in plan order, each from the outputs of the steps before it with their
         statistics already recalibrated, so the result is exactly what inference will see.
         """
         data = self._data(x, None, None, "recalibrate_batchnorm", need_targets=False)
         batch_size = self._check_batch_size(batch_size, "recalibrate_batchnorm")
-        for k, bn in enumerate(self.layers):
-            if not isinstance(bn, BatchNormalization):
+        plan = self.plan
+        done = set()
+        for k, step in enumerate(plan.steps):
+            bn = step.owner
+            if not isinstance(bn, BatchNormalization) or id(bn) in done:
                 continue
+            done.add(id(bn))
             c = bn.input_shape[-1]
             total = np.zeros(c)
             total_sq = np.zeros(c)
             count = 0
             shift = None
-            for h, _, _ in data.batches(batch_size):
+            for batch in data.batches(batch_size):
                 with compute_lock():
-                    for layer in self.layers[:k]:
-                        h = layer.forward(h, training=False)
+                    h = plan.run(batch[0], training=False, until=k)[step.inputs[0]]
                     h2d = h.reshape(-1, c).astype(np.float64)
                 if shift is None:
                     shift = h2d[0].copy()  # shifted sums keep the variance accurate
@@ -746,34 +878,263 @@ class Sequential:
         self._require_built("count_params")
         return sum(layer.count_params() for layer in self.layers)
 
-    def summary(self, print_fn=None):
-        """Print a Keras-style table: layer (type), output shape, parameter count, then totals."""
+    def _connections(self, layer):
+        """``conv2d[0], input_layer[0]``: what each call of ``layer`` reads, as Keras's summary shows it."""
+        calls = [node for node in self._nodes if node.layer is layer and not node.is_input]
+        return "; ".join(", ".join(f"{t.name}" for t in node.inputs) for node in calls)
+
+    def summary(self, print_fn=None, show_plan=False):
+        """Print a Keras-style table: layer (type), output shape, parameter count, and for a model
+        whose layers branch, what each layer reads ("Connected to"); then the totals. With
+        ``show_plan=True`` also the execution plan: one line per step, the slots it reads and
+        writes, the algorithm each convolution runs and which poolings run inside them."""
         self._require_built("summary")
         print_fn = print_fn or print
+        calls = [node.layer for node in self._nodes]
+        linear = all(len(node.inputs) <= 1 for node in self._nodes) and all(
+            sum(c is layer for c in calls) <= 1 for layer in self.layers)
         labels = [f"{layer.name} ({type(layer).__name__})" for layer in self.layers]
-        widths = (max(30, max(len(s) for s in labels) + 2), 26, 12)
-        rule = "_" * sum(widths)
-        lines = [f'Model: "{self.name}"', rule,
-                 "Layer (type)".ljust(widths[0]) + "Output Shape".ljust(widths[1]) + "Param #".rjust(widths[2]),
-                 "=" * sum(widths)]
-        for label, layer in zip(labels, self.layers):
-            lines.append(label.ljust(widths[0]) + str((None,) + layer.output_shape).ljust(widths[1])
-                         + f"{layer.count_params():,}".rjust(widths[2]))
+        shapes = [str((None,) + tuple(layer.output_shape)) for layer in self.layers]
+        widths = [max(30, max(len(s) for s in labels) + 2), max(26, max(len(s) for s in shapes) + 2), 12]
+        header = "Layer (type)".ljust(widths[0]) + "Output Shape".ljust(widths[1]) + "Param #".rjust(widths[2])
+        if not linear:
+            header += "  Connected to"
+        width = sum(widths) + (30 if not linear else 0)
+        rule = "_" * width
+        lines = [f'Model: "{self.name}"', rule, header, "=" * width]
+        for label, shape, layer in zip(labels, shapes, self.layers):
+            line = label.ljust(widths[0]) + shape.ljust(widths[1]) + f"{layer.count_params():,}".rjust(widths[2])
+            if not linear:
+                line += "  " + self._connections(layer)
+            lines.append(line)
         total = self.count_params()
         trainable = sum(v.size for _, v, _ in self._trainable())
         itemsize = self.dtype.itemsize
-        lines += ["=" * sum(widths),
+        lines += ["=" * width,
                   f"Total params: {total:,} ({total * itemsize / 1024:,.2f} KB)",
                   f"Trainable params: {trainable:,}",
                   f"Non-trainable params: {total - trainable:,}",
                   rule]
+        if show_plan:
+            plan = self.plan
+            lines += [f"Execution plan: {len(plan.steps)} steps, inputs in slots "
+                      f"{', '.join(f'#{i}' for i in range(plan.n_inputs))}, output in #{plan.output}"]
+            lines += plan.describe()
+            lines.append(rule)
         print_fn("\n".join(lines))
 
+    # --- configuration and files ------------------------------------------------------------------
+
+    def get_config(self):
+        """The architecture as plain JSON data (Keras's name): each layer's class and configuration,
+        and the graph: one entry per call (node) in plan order, naming its layer (an index into
+        ``layers``) and the earlier calls it reads. :func:`model_from_config` inverts it."""
+        self._require_built("get_config")
+        position = {id(node): k for k, node in enumerate(self._nodes)}
+        index = {id(layer): i for i, layer in enumerate(self.layers)}
+        return {"class_name": "Functional", "name": self.name, "layers": [_layer_spec(lay) for lay in self.layers],
+                "nodes": [{"layer": index[id(node.layer)], "inputs": [position[id(t.node)] for t in node.inputs]}
+                          for node in self._nodes],
+                "inputs": [position[id(t.node)] for t in self.inputs],
+                "output": position[id(self.outputs[0].node)]}
+
+    @classmethod
+    def from_config(cls, config, layers=None):
+        """The model described by ``get_config()`` (unbuilt layers may be given instead of being
+        made from ``config['layers']``; ``tinycnn.saving`` does so to check a file first)."""
+        layers = _layers_from_config(config, layers)
+        nodes, tensors = config["nodes"], []
+        for k, spec in enumerate(nodes):
+            layer, reads = layers[_index(spec["layer"], len(layers), "layer")], spec["inputs"]
+            args = [tensors[_index(i, k, f"input of node {k}")] for i in reads]
+            if not args:
+                if not isinstance(layer, InputLayer):
+                    raise ValueError(f"node {k}: layer '{layer.name}' reads nothing but is not an InputLayer")
+                tensors.append(layer.symbolic_output())
+            else:
+                tensors.append(layer(args if layer.multi_input else _single(args, layer)))
+        return cls([tensors[_index(i, len(tensors), "input")] for i in config["inputs"]],
+                   tensors[_index(config["output"], len(tensors), "output")], name=config.get("name"))
+
+    #: Version of the description ``save`` writes (1: tinycnn 0.1, Sequential only; 2: any graph).
+    FORMAT_VERSION = 2
+
     def save(self, filepath):
-        """Save architecture, weights, compile settings and optimizer state to one file (no pickle).
-        See :func:`tinycnn.saving.save_model`."""
-        from .saving import save_model
-        save_model(self, filepath)
+        """Save architecture, weights, compile settings, batch-norm and optimizer state to one
+        ``.npz`` file of JSON and plain arrays (no pickle), atomically (``tinycnn/archive.py``).
+        ``tinycnn.load_model`` reads it back."""
+        self._require_built("save")
+        config = {"version": self.FORMAT_VERSION, "model": self.get_config(), "metadata": self.metadata,
+                  "compile": None,
+                  # How settled each batch-norm layer's moving statistics are (for the inference warning).
+                  "batchnorm": {str(i): {"updates": layer.updates, "recalibrated": layer.recalibrated}
+                                for i, layer in enumerate(self.layers) if isinstance(layer, BatchNormalization)}}
+        arrays = {f"layers/{i}/{name}": layer._weight(name) for i, layer in enumerate(self.layers)
+                  for name in layer.weight_names if layer._has_weight(name)}
+        if self.compiled:
+            config["compile"] = {
+                "optimizer": {"class_name": type(self.optimizer).__name__, "config": self.optimizer.get_config()},
+                "loss": {"class_name": type(self.loss).__name__, "config": self.loss.get_config()},
+                "metrics": [m.name for m in self.metrics],
+            }
+            arrays.update({f"optimizer/{key}": value for key, value in self.optimizer.get_state().items()})
+        archive.write(filepath, config, arrays)
 
     def __repr__(self):
-        return f"<Sequential name={self.name!r} layers={len(self.layers)} built={self.built}>"
+        return f"<{type(self).__name__} name={self.name!r} layers={len(self.layers)} built={self.built}>"
+
+
+def _layer_spec(layer):
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def _layers_from_config(config, layers):
+    if layers is not None:
+        return layers
+    specs = config["layers"]
+    made = []
+    for i, spec in enumerate(specs):
+        name = spec["class_name"]
+        if name not in LAYER_CLASSES:
+            raise ValueError(f"layer {i} asks for class {name!r}, which is not a tinycnn layer")
+        made.append(LAYER_CLASSES[name].from_config(spec["config"]))
+    return made
+
+
+def _index(value, limit, what):
+    """``value`` as an index below ``limit``, or a ValueError (a description may be hostile)."""
+    if not _is_int(value) or not 0 <= value < limit:
+        raise ValueError(f"{what}: {value!r} is not an index in [0, {limit})")
+    return int(value)
+
+
+def _single(args, layer):
+    if len(args) != 1:
+        raise ValueError(f"{layer.describe()} takes one input, the description gives it {len(args)}")
+    return args[0]
+
+
+def model_from_config(config, layers=None):
+    """A ``Sequential`` or functional ``Model`` from ``model.get_config()`` (by its ``class_name``)."""
+    kinds = {"Sequential": Sequential, "Functional": Model}
+    kind = config.get("class_name") if isinstance(config, dict) else None
+    if kind not in kinds:
+        raise ValueError(f"the model's class_name must be one of {sorted(kinds)}, found {kind!r}")
+    return kinds[kind].from_config(config, layers)
+
+
+class Sequential(Model):
+    """A linear stack of layers, Keras's ``Sequential``: a ``Model`` whose graph is a chain.
+
+    Parameters
+    ----------
+    layers : list of Layer, optional
+        May start with ``tinycnn.Input(shape=...)`` (or give the first layer ``input_shape=``).
+    name : str, optional
+
+    Examples
+    --------
+    >>> model = Sequential([Conv2D(8, 3, activation='relu', input_shape=(28, 28, 1)),
+    ...                     Flatten(), Dense(2, activation='softmax')])
+    >>> model.compile(optimizer='adam', loss='categorical_crossentropy', metrics=['accuracy'])
+    >>> history = model.fit(x, y, epochs=3, validation_split=0.2)
+    """
+
+    def __init__(self, layers=None, name=None):
+        super().__init__(name=name)
+        for layer in layers or []:
+            self.add(layer)
+
+    def add(self, layer):
+        """Append a layer. Names must be unique within the model."""
+        if isinstance(layer, SymbolicTensor) and layer.node.is_input and not self.layers:
+            layer = layer.node.layer  # Sequential([Input(shape=...), ...]), as Keras 3 writes it
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add: expected a tinycnn layer instance, received {layer!r}"
+                            + (" (a class: did you forget the parentheses?)" if isinstance(layer, type) else ""))
+        if any(existing.name == layer.name for existing in self.layers):
+            raise ValueError(f"Sequential.add: the model already has a layer named '{layer.name}'")
+        if self.layers and layer.input_shape_arg is not None:
+            raise ValueError(f"{layer.describe()}: `input_shape` is only meaningful on the first layer")
+        if layer.multi_input:
+            raise ValueError(f"{layer.describe()} joins several inputs, which a Sequential model never has; "
+                             f"use the functional API (tinycnn.Model)")
+        self.layers.append(layer)
+        self._unbuild()
+
+    def _unbuild(self):
+        """Forget the graph (a layer was added): the layers' nodes from it go too."""
+        for node in self._nodes:
+            if node in node.layer._nodes:
+                node.layer._nodes.remove(node)
+        self._nodes, self.inputs, self.outputs = [], [], []
+        self.built = False
+        self._plan = None
+
+    @property
+    def dtype(self):
+        return self.layers[0].dtype
+
+    def _input_reader(self, i):
+        return self.layers[0]
+
+    def get_config(self):
+        """The layers' classes and configurations and the input shape (Keras's ``get_config``)."""
+        self._require_built("get_config")
+        return {"class_name": "Sequential", "name": self.name, "layers": [_layer_spec(lay) for lay in self.layers],
+                "input_shape": list(self.inputs[0].sample_shape)}
+
+    @classmethod
+    def from_config(cls, config, layers=None):
+        model = cls(_layers_from_config(config, layers), name=config.get("name"))
+        model.build(tuple(config["input_shape"]))
+        return model
+
+    def _build_if_shape_known(self):
+        if not self.built and self.layers and self.layers[0].input_shape_arg is not None:
+            self.build()
+
+    def build(self, input_shape=None):
+        """Build every layer in turn from the per-sample ``input_shape`` (no batch axis).
+
+        Without an argument the first layer's ``input_shape=`` is used. Keras's form with a leading
+        ``None`` batch axis is accepted too.
+        """
+        if not self.layers:
+            raise ValueError(f"Model '{self.name}' has no layers: add some before building it")
+        if input_shape is None:
+            input_shape = self.layers[0].input_shape_arg
+        if input_shape is None:
+            raise ValueError(f"Model '{self.name}' does not know its input shape yet: pass `input_shape=` to "
+                             f"the first layer, call build(input_shape), or call fit/predict with data first")
+        input_shape = tuple(input_shape)
+        if input_shape and input_shape[0] is None:
+            input_shape = input_shape[1:]
+        if self.built:
+            if input_shape == self.inputs[0].sample_shape:
+                return
+            self._unbuild()
+        dtypes = {layer.dtype for layer in self.layers}
+        if len(dtypes) > 1:
+            raise ValueError(f"Model '{self.name}': all layers must share one dtype, found "
+                             f"{sorted(d.name for d in dtypes)}")
+        first = self.layers[0]
+        if isinstance(first, InputLayer):
+            if tuple(input_shape) != first.input_shape:
+                raise ValueError(f"{first.describe()} declares input {(None,) + first.input_shape} but the model "
+                                 f"is built for {(None,) + tuple(input_shape)}")
+            start, body = first, self.layers[1:]
+        else:
+            start, body = InputLayer(shape=input_shape, dtype=first.dtype, name=f"{self.name}_input"), self.layers
+        x = start.symbolic_output()
+        made = [x.node]
+        try:
+            for layer in body:
+                x = layer(x)
+                made.append(x.node)
+        except Exception:
+            for node in made:
+                if node in node.layer._nodes:
+                    node.layer._nodes.remove(node)
+            raise
+        self._set_graph([start.symbolic_output()], [x])

@@ -11,7 +11,7 @@ Reading order for a learner:
 * ``pooling.py``       max pooling with argmax, average pooling
 * ``normalization.py`` batch-norm moments and the per-channel affine map
 * ``losses.py``        cross-entropy and focal loss from logits (log-sum-exp) and from probabilities
-* ``optimizers.py``    Adam and SGD updates, in place
+* ``optimizers.py``    Adam, AMSGrad, SGD and RMSprop updates, decoupled weight decay, weight averages, in place
 * ``augment.py``       flips, bilinear resampling (rotation, translation) and contrast, with adjoints
 * ``reference.py``     the same operations as plain textbook loops, for reading and for tests
 

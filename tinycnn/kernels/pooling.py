@@ -153,3 +153,32 @@ def global_avgpool_backward(dy, dx):
             for wi in range(w):
                 for ch in range(c):
                     dx[n, hi, wi, ch] = dy[n, ch] * inv
+
+
+@njit(parallel=True, cache=True)
+def global_maxpool_forward(x, y, argmax):
+    """x : (N, H, W, C) -> y : (N, C), the maximum over H and W; ``argmax[n, c]`` is the winner's
+    flat position ``h * W + w`` (the first one on ties), for the backward pass."""
+    n_img, h, w, c = x.shape
+    for n in prange(n_img):
+        for ch in range(c):
+            y[n, ch] = x[n, 0, 0, ch]
+            argmax[n, ch] = 0
+        for hi in range(h):
+            for wi in range(w):
+                for ch in range(c):
+                    v = x[n, hi, wi, ch]
+                    better = v > y[n, ch]
+                    y[n, ch] = v if better else y[n, ch]
+                    argmax[n, ch] = hi * w + wi if better else argmax[n, ch]
+
+
+@njit(parallel=True, cache=True)
+def global_maxpool_backward(dy, argmax, dx):
+    """dy : (N, C) -> dx : (N, H, W, C): each window's gradient goes to its winner, zeros elsewhere."""
+    n_img, h, w, c = dx.shape
+    for n in prange(n_img):
+        for hi in range(h):
+            for wi in range(w):
+                for ch in range(c):
+                    dx[n, hi, wi, ch] = dy[n, ch] if argmax[n, ch] == hi * w + wi else 0

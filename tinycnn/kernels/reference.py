@@ -144,6 +144,22 @@ def global_avgpool_backward(x, dy):
     return np.broadcast_to(dy[:, None, None, :] / (h * w), x.shape).copy()
 
 
+def global_maxpool_forward(x):
+    return x.max(axis=(1, 2))
+
+
+def global_maxpool_backward(x, dy):
+    """The gradient goes to the first position holding each image's and channel's maximum."""
+    n, h, w, c = x.shape
+    flat = x.reshape(n, h * w, c)
+    winner = flat.argmax(axis=1)                       # first maximum, as the kernel picks it
+    dx = np.zeros_like(flat)
+    for i in range(n):
+        for ch in range(c):
+            dx[i, winner[i, ch], ch] = dy[i, ch]
+    return dx.reshape(x.shape)
+
+
 # --- batch normalization --------------------------------------------------------------------------
 
 def batchnorm_forward(x, gamma, beta, eps):

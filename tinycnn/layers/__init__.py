@@ -8,11 +8,13 @@ from .augmentation import RandomContrast, RandomFlip, RandomRotation, RandomTran
 from .base import Layer
 from .conv import Conv2D
 from .core import Activation, Dense, Dropout, Flatten, Input, InputLayer, ReLU, Softmax
+from .merge import Add, Average, Concatenate, Multiply, Subtract
 from .normalization import BatchNormalization
-from .pooling import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D
+from .pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
 
 __all__ = ["Layer", "Conv2D", "Dense", "Flatten", "Dropout", "Activation", "ReLU", "Softmax", "Input",
            "InputLayer", "BatchNormalization", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
+           "GlobalMaxPooling2D", "Add", "Subtract", "Multiply", "Average", "Concatenate",
            "RandomFlip", "RandomRotation", "RandomTranslation", "RandomContrast"]
 
 #: The classes a saved model may name, and nothing else (see ``saving.py``).

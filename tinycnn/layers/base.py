@@ -20,7 +20,9 @@ public entry points (``layer(x)``, ``model(x)``, ``predict``) return copies.
 layer directly, ``layer(x)``, goes through :meth:`Layer.__call__`, which validates, builds if needed
 and casts to the layer's dtype first.
 """
+import copy
 import re
+import threading
 from collections import defaultdict
 
 import numpy as np
@@ -32,8 +34,10 @@ from .. import rng
 from .._threads import compute_lock
 from ..kernels import conv as conv_kernels
 from ..kernels._util import column_sums
+from .node import Node, SymbolicTensor, is_symbolic
 
 _name_counts = defaultdict(int)
+_name_lock = threading.Lock()
 
 
 def _snake(name):
@@ -44,8 +48,9 @@ def _snake(name):
 
 def unique_name(base):
     """Keras-style automatic names: ``conv2d``, ``conv2d_1``, ``conv2d_2``, ..."""
-    count = _name_counts[base]
-    _name_counts[base] += 1
+    with _name_lock:  # layers may be created (load_model) from several threads at once
+        count = _name_counts[base]
+        _name_counts[base] += 1
     return base if count == 0 else f"{base}_{count}"
 
 
@@ -91,6 +96,10 @@ class Layer:
     #: Keras order of the arrays returned by ``get_weights()``; trainable ones are in ``params``,
     #: the others (batch-norm moving statistics) in ``state``.
     weight_names = ()
+    #: True for layers that take a list of inputs (``Add``, ``Concatenate``, ...): their
+    #: ``input_shape`` is then a list of shapes, ``forward`` takes a list of arrays and ``backward``
+    #: returns a list of gradients.
+    multi_input = False
 
     def __init__(self, name=None, dtype="float32", input_shape=None, trainable=True, **kwargs):
         cls = type(self).__name__
@@ -120,6 +129,8 @@ class Layer:
         #: False for a model's first layer: its input gradient is never used, so skip computing it.
         self.input_grad_needed = True
         self._buffers = {}
+        #: Calls of this layer on symbolic tensors (see ``layers/node.py``), in order.
+        self._nodes = []
 
     def describe(self):
         """``"Layer 'conv2d' (Conv2D)"``: how error messages name this layer."""
@@ -181,6 +192,74 @@ class Layer:
         return 0.0
 
     def __call__(self, x, training=False):
+        """``layer(x)``: on a symbolic tensor (from ``tinycnn.Input``), record the call and return its
+        symbolic output (Keras's functional API); on data, a validated forward pass."""
+        if is_symbolic(x):
+            return self._call_symbolic(x)
+        return self._call_arrays(x, training)
+
+    def _call_symbolic(self, inputs):
+        """Record ``self(inputs)`` as a node, building the layer for the inputs' shapes if needed."""
+        if self.multi_input != isinstance(inputs, (list, tuple)):
+            expected = "a list of inputs" if self.multi_input else "one input"
+            raise ValueError(f"{self.describe()} takes {expected}, received {inputs!r}")
+        tensors = list(inputs) if self.multi_input else [inputs]
+        for t in tensors:
+            if t.dtype != self.dtype:
+                raise ValueError(f"{self.describe()} computes in {self.dtype.name} but its input from layer "
+                                 f"'{t.name}' is {t.dtype.name}; give every layer of a model the same dtype")
+        shapes = [t.sample_shape for t in tensors] if self.multi_input else tensors[0].sample_shape
+        if not self.built:
+            self.build(shapes)
+        elif self.input_shape != shapes:
+            shown = [(None,) + s for s in shapes] if self.multi_input else (None,) + shapes
+            raise ValueError(f"{self.describe()} was built for input {self._shown_input_shape()} but is called on "
+                             f"{shown}")
+        node = Node(self, tensors, self.output_shape)
+        self._nodes.append(node)
+        return node.output
+
+    def _shown_input_shape(self):
+        """The input shape(s) with the batch axis, as error messages show them."""
+        if self.multi_input:
+            return [(None,) + tuple(s) for s in self.input_shape]
+        return (None,) + tuple(self.input_shape)
+
+    @property
+    def output(self):
+        """The symbolic output of this layer's call in a functional model (Keras's ``layer.output``):
+        ``Model(model.inputs, model.get_layer('flatten').output)`` is a feature extractor."""
+        return self._only_node("output").output
+
+    @property
+    def input(self):
+        """The symbolic input(s) of this layer's call in a functional model."""
+        node = self._only_node("input")
+        return node.inputs if self.multi_input else (node.inputs[0] if node.inputs else node.output)
+
+    def _only_node(self, what):
+        if not self._nodes:
+            raise ValueError(f"{self.describe()} has not been called on a symbolic input yet, so it has no "
+                             f"`{what}`; use it in a Model (tinycnn.Model or Sequential) first")
+        if len(self._nodes) > 1:
+            raise ValueError(f"{self.describe()} has been called {len(self._nodes)} times (its weights are "
+                             f"shared), so `layer.{what}` is ambiguous")
+        return self._nodes[0]
+
+    def twin(self):
+        """A second caller of this layer's weights, for a layer used at two places in one network.
+
+        It shares ``params`` and ``state`` (the same arrays), but has its own ``grads``, buffers
+        and saved activations, so that the two calls of one forward pass do not overwrite each
+        other's. The plan adds the twin's gradients into the layer's after each backward pass.
+        """
+        twin = copy.copy(self)
+        twin._buffers = {}
+        twin.grads = {k: np.zeros_like(v) for k, v in self.grads.items()}
+        twin._nodes = []
+        return twin
+
+    def _call_arrays(self, x, training=False):
         """Validated forward pass for direct use: ``y = layer(x)``."""
         x = np.asarray(x)
         if x.dtype.kind not in "biuf":

@@ -128,7 +128,7 @@ class Conv2D(ActivatedLayer):
         y = self._buffer("y", (n, oh, ow, f))
         y2d = y.reshape(-1, f)
         self._x = x
-        if self.algorithm == "winograd" and self._fused_epilogue():
+        if self.algorithm == "winograd" and self._epilogue_in_transform():
             # bias and ReLU are applied inside the output transform: no extra pass over y
             self._winograd_forward(x, y, self.activation.name == "relu")
             self.logits = None if self.activation.name == "relu" else y2d
@@ -141,17 +141,17 @@ class Conv2D(ActivatedLayer):
         self._y2d = self._activate(y2d)
         return self._y2d.reshape(n, oh, ow, f)
 
-    def _fused_epilogue(self):
+    def _epilogue_in_transform(self):
         return self.activation.name in ("relu", "linear")
 
     def backward(self, grad_out):
-        if self.algorithm == "winograd" and self._fused_epilogue():
+        if self.algorithm == "winograd" and self._epilogue_in_transform():
             # the ReLU mask and the bias gradient are taken inside the output transform's adjoint
             dy2d = np.ascontiguousarray(grad_out).reshape(-1, self.filters)
             return self._winograd_backward(dy2d, relu=self.activation.name == "relu", bias_grad=self.use_bias)
         return super().backward(grad_out)
 
-    # --- 2x2 max pooling fused into a Winograd layer (used by Sequential, see _fusion_plan) -------------
+    # --- 2x2 max pooling fused into a Winograd layer (a rewrite of the model's plan, tinycnn/graph.py) ---
 
     def fuses_with(self, pool):
         """True if ``pool`` (the next layer) can be computed inside this layer's output transform:
@@ -159,7 +159,7 @@ class Conv2D(ActivatedLayer):
         windows are exactly the 2x2 output tiles (even output sides, so no padding either way)."""
         from .pooling import MaxPooling2D
         oh, ow, _ = self.output_shape
-        return (self.algorithm == "winograd" and self._fused_epilogue() and type(pool) is MaxPooling2D
+        return (self.algorithm == "winograd" and self._epilogue_in_transform() and type(pool) is MaxPooling2D
                 and pool.pool_size == (2, 2) and pool.strides == (2, 2) and oh % 2 == 0 and ow % 2 == 0)
 
     def forward_pooled(self, x, training=False):

@@ -6,6 +6,7 @@ from .. import rng
 from .._threads import split_batch
 from ..kernels import activations as AK
 from .base import ActivatedLayer, Layer
+from .node import Node
 
 
 class Dense(ActivatedLayer):
@@ -214,8 +215,12 @@ class Softmax(Activation):
 
 
 class InputLayer(Layer):
-    """Declares the per-sample input shape; identity otherwise. ``Input(shape=...)`` makes one, so
-    Keras 3's ``Sequential([Input(shape=(64, 64, 3)), Conv2D(...), ...])`` works too."""
+    """Declares a model input: its per-sample shape and dtype; the identity on data.
+
+    ``tinycnn.Input(shape=...)`` makes one and returns its symbolic output, the start of a
+    functional model; Keras 3's ``Sequential([Input(shape=(64, 64, 3)), Conv2D(...), ...])`` works
+    too.
+    """
 
     def __init__(self, shape=None, input_shape=None, **kwargs):
         if shape is not None and input_shape is not None:
@@ -223,6 +228,13 @@ class InputLayer(Layer):
         if shape is None and input_shape is None:
             raise ValueError("InputLayer: argument `shape` is required (per-sample shape, no batch axis)")
         super().__init__(input_shape=shape if shape is not None else input_shape, **kwargs)
+        self.build(self.input_shape_arg)
+
+    def symbolic_output(self):
+        """The symbolic tensor this input feeds into a network (made on first use)."""
+        if not self._nodes:
+            self._nodes.append(Node(self, [], self.input_shape))
+        return self._nodes[0].output
 
     def forward(self, x, training=False):
         return x
@@ -237,5 +249,14 @@ class InputLayer(Layer):
 
 
 def Input(shape, name=None, dtype="float32"):
-    """Keras 3 style input declaration for a ``Sequential`` list: ``Input(shape=(64, 64, 3))``."""
-    return InputLayer(shape=shape, name=name, dtype=dtype)
+    """A model input, Keras's ``Input``: returns a symbolic tensor of per-sample ``shape``.
+
+    Call layers on it to describe a network, then ``tinycnn.Model(inputs, outputs)``::
+
+        image = Input(shape=(64, 64, 3))
+        x = Conv2D(32, 3, padding='same', activation='relu')(image)
+        model = Model(image, Dense(2, activation='softmax')(GlobalAveragePooling2D()(x)))
+
+    It may also start a ``Sequential`` list: ``Sequential([Input(shape=(64, 64, 3)), ...])``.
+    """
+    return InputLayer(shape=shape, name=name, dtype=dtype).symbolic_output()

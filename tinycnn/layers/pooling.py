@@ -1,4 +1,4 @@
-"""MaxPooling2D, AveragePooling2D and GlobalAveragePooling2D."""
+"""MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D and GlobalMaxPooling2D."""
 import numpy as np
 
 from ..kernels import conv as CK
@@ -91,4 +91,27 @@ class GlobalAveragePooling2D(Layer):
     def backward(self, grad_out):
         dx = np.empty((grad_out.shape[0],) + self.input_shape, dtype=grad_out.dtype)
         K.global_avgpool_backward(np.ascontiguousarray(grad_out), dx)
+        return dx
+
+
+class GlobalMaxPooling2D(Layer):
+    """Maximum over height and width: ``(N, H, W, C) -> (N, C)``, Keras's ``GlobalMaxPooling2D``.
+
+    Backward: each image's and channel's gradient goes to the position that won the maximum (the
+    first one on ties), zeros elsewhere.
+    """
+
+    def compute_output_shape(self, input_shape):
+        self._expect_rank(input_shape, 3, "(batch, height, width, channels)")
+        return (input_shape[2],)
+
+    def forward(self, x, training=False):
+        y = np.empty((x.shape[0], x.shape[3]), dtype=x.dtype)
+        self._argmax = self._buffer("argmax", y.shape, np.int64)
+        K.global_maxpool_forward(x, y, self._argmax)
+        return y
+
+    def backward(self, grad_out):
+        dx = self._buffer("dx", (grad_out.shape[0],) + self.input_shape)
+        K.global_maxpool_backward(np.ascontiguousarray(grad_out), self._argmax, dx)
         return dx

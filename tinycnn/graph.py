@@ -1,0 +1,197 @@
+"""The model graph and its execution plan.
+
+A model is a graph of nodes (``layers/node.py``): each node is one call of a layer on the outputs
+of earlier nodes. Before the first batch, the graph is compiled once into a :class:`Plan`, an
+ordered list of :class:`Step` objects:
+
+* **order**: every node after the nodes it reads from (a topological order, the same on every run);
+* **slots**: each value the forward pass produces gets a slot number; a step reads its input slots
+  and writes its output slot. Inputs come first: slot ``i`` is the model's ``i``-th input;
+* **shared layers**: a layer called at two places runs its second call through a *twin* (same
+  weights, own buffers and saved activations, ``Layer.twin``); after backward the twin's gradients
+  are added into the layer's, in step order;
+* **gradients**: which steps must pass a gradient to their inputs (only those with something
+  trainable upstream); where a value feeds several steps (a fork, e.g. a residual connection),
+  their gradients are added in reverse step order, which is the same on every run;
+* **fusion**: a Winograd ``Conv2D`` whose only reader is a 2x2 ``MaxPooling2D`` becomes one step
+  that computes the pooled output directly (``Conv2D.forward_pooled``; bit-identical to the two
+  layers one after the other, without storing the full-size output). This is a rewrite of the plan,
+  decided here once, not at every call.
+
+Forward and backward are then plain loops over the steps.
+"""
+
+
+def topological_nodes(inputs, outputs, where):
+    """The nodes that lead from ``inputs`` to ``outputs`` (lists of symbolic tensors), each listed
+    after every node it reads from: a depth-first walk back from the outputs, inputs in order.
+
+    Raises ValueError if an output depends on an input that is not in ``inputs``.
+    """
+    order, done = [], set()
+    for out in outputs:
+        stack = [(out.node, 0)]
+        while stack:
+            node, i = stack.pop()
+            if id(node) in done:
+                continue
+            if i < len(node.inputs):
+                stack.append((node, i + 1))
+                child = node.inputs[i].node
+                if id(child) not in done:
+                    stack.append((child, 0))
+            else:
+                done.add(id(node))
+                order.append(node)
+    given = {id(t.node) for t in inputs}
+    for node in order:
+        if node.is_input and id(node) not in given:
+            raise ValueError(f"{where}: the output depends on the input '{node.layer.name}', which is not among "
+                             f"the model's `inputs` {[t.name for t in inputs]}")
+    return order
+
+
+class Step:
+    """One step of a plan: ``values[output] = layer.forward(values[inputs])``.
+
+    ``layer`` is the object that runs (the model's layer, or a twin of it for a second call);
+    ``pool`` is the MaxPooling2D computed inside a fused convolution step, else None.
+    """
+
+    __slots__ = ("layer", "owner", "inputs", "output", "pool", "needs_input_grad", "has_params")
+
+    def __init__(self, layer, owner, inputs, output, pool=None):
+        self.layer, self.owner, self.inputs, self.output, self.pool = layer, owner, inputs, output, pool
+        self.has_params = bool(owner.params)
+        self.needs_input_grad = False
+
+    def forward(self, values, training):
+        if self.layer.multi_input:
+            return self.layer.forward([values[i] for i in self.inputs], training=training)
+        x = values[self.inputs[0]]
+        if self.pool is not None:
+            return self.layer.forward_pooled(x, training=training)
+        return self.layer.forward(x, training=training)
+
+    def backward(self, grad, from_logits=False):
+        """Gradients with respect to the inputs (a list, one per input slot; None where not needed)."""
+        self.layer.input_grad_needed = self.needs_input_grad
+        if self.pool is not None:
+            grads = self.layer.backward_pooled(grad)
+        elif from_logits:
+            grads = self.layer.backward_from_logits(grad)
+        else:
+            grads = self.layer.backward(grad)
+        return grads if self.layer.multi_input else [grads]
+
+    def describe(self):
+        """``conv2d (Conv2D, winograd) + max_pooling2d (MaxPooling2D, fused)``: how summaries show it."""
+        algorithm = getattr(self.owner, "algorithm", None)
+        text = f"{self.owner.name} ({type(self.owner).__name__}{', ' + algorithm if algorithm else ''})"
+        if self.pool is not None:
+            text += f" + {self.pool.name} ({type(self.pool).__name__}, computed inside)"
+        return text
+
+
+class Plan:
+    """The steps that compute ``output`` from ``inputs`` (see the module docstring).
+
+    Parameters
+    ----------
+    inputs : list of SymbolicTensor
+        The model's inputs; their values fill slots ``0 .. len(inputs) - 1``.
+    output : SymbolicTensor
+    fuse : bool
+        Apply the convolution + pooling rewrite where it is exact.
+    observe : collection of Node
+        Nodes whose outputs must exist as values (Grad-CAM reads one): never fused away.
+    """
+
+    def __init__(self, inputs, output, fuse=True, observe=()):
+        nodes = topological_nodes(inputs, [output], "Plan")
+        readers = {}
+        for node in nodes:
+            for t in node.inputs:
+                readers.setdefault(id(t.node), []).append(node)
+        observed = {id(n) for n in observe} | {id(output.node)}
+        self.slot_of = {id(t.node): i for i, t in enumerate(inputs)}
+        self.n_inputs = len(inputs)
+        self.steps, self.twins = [], []
+        seen_layers, absorbed = set(), set()
+        for node in nodes:
+            if node.is_input or id(node) in absorbed:
+                continue
+            pool = None
+            after = readers.get(id(node), [])
+            if (fuse and len(after) == 1 and id(node) not in observed and id(after[0]) != id(output.node)
+                    and hasattr(node.layer, "fuses_with") and node.layer.fuses_with(after[0].layer)):
+                pool = after[0]
+                absorbed.add(id(pool))
+            layer = node.layer
+            if id(layer) in seen_layers:  # a second call of a shared layer runs through a twin
+                runner = layer.twin()
+                self.twins.append((layer, runner))
+            else:
+                runner = layer
+                seen_layers.add(id(layer))
+            out_node = pool if pool is not None else node
+            self.slot_of[id(out_node)] = len(self.slot_of)
+            # a fused pooling layer never runs itself: the convolution computes its output
+            self.steps.append(Step(runner, layer, [self.slot_of[id(t.node)] for t in node.inputs],
+                                   self.slot_of[id(out_node)], None if pool is None else pool.layer))
+        self.n_slots = len(self.slot_of)
+        self.output = self.slot_of[id(output.node)]
+        # A slot needs a gradient if something trainable produced it or lies upstream of it.
+        needs = [False] * self.n_slots
+        for step in self.steps:
+            step.needs_input_grad = any(needs[i] for i in step.inputs)
+            needs[step.output] = step.has_params or step.needs_input_grad
+        self.needs_grad = needs
+
+    @property
+    def head(self):
+        """The step that produces the output."""
+        return self.steps[-1]
+
+    def run(self, xs, training, until=None):
+        """Forward through the steps (up to, not including, step ``until``): all slot values."""
+        values = [None] * self.n_slots
+        values[:self.n_inputs] = xs
+        for step in self.steps[:until]:
+            values[step.output] = step.forward(values, training)
+        return values
+
+    def forward(self, xs, training):
+        """The output for the list of input batches ``xs``."""
+        return self.run(xs, training)[self.output]
+
+    def backward(self, grad, from_logits=False, keep=()):
+        """Backward from ``grad`` (the gradient of the output, or of the head's logits when
+        ``from_logits``); every step stores its parameter gradients in its layer's ``grads``.
+        Returns ``{slot: gradient}`` for the slots in ``keep`` (and the inputs that need one)."""
+        grads = [None] * self.n_slots
+        grads[self.output] = grad
+        last = len(self.steps) - 1
+        for k in range(last, -1, -1):
+            step = self.steps[k]
+            g = grads[step.output]
+            if g is None or not (step.has_params or step.needs_input_grad):
+                continue
+            if step.output not in keep:
+                grads[step.output] = None
+            for slot, gi in zip(step.inputs, step.backward(g, from_logits and k == last)):
+                if gi is None or not self.needs_grad[slot] and slot not in keep:
+                    continue
+                grads[slot] = gi if grads[slot] is None else grads[slot] + gi
+        for layer, twin in self.twins:  # in step order: the same sum on every run
+            for key, value in twin.grads.items():
+                layer.grads[key] += value
+        return {slot: grads[slot] for slot in keep}
+
+    def describe(self):
+        """One line per step: ``step  inputs -> output  what runs``."""
+        lines = []
+        for k, step in enumerate(self.steps):
+            reads = ", ".join(f"#{i}" for i in step.inputs)
+            lines.append(f"{k:>4}  {reads:>12} -> #{step.output:<4} {step.describe()}")
+        return lines
