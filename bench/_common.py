@@ -132,16 +132,22 @@ def configure_threads(threads):
 
 # --- the reference model and its data ------------------------------------------------------------
 
-def build_tinycnn_model(size=64, seed=0):
-    """The reference workload in tinycnn (``tinycnn.models.reference_model``: four 3x3 'same'
-    convolutions of 32, 64, 128, 256 filters with ReLU, batch norm, max pooling, Flatten,
-    Dropout(0.5), softmax Dense), compiled with Adam and categorical cross-entropy.
-    Input ``(size, size, 3)`` float32, NHWC."""
+#: The workloads ``--model`` chooses from.
+MODELS = ("reference", "resnet18")
+
+
+def build_tinycnn_model(size=64, seed=0, model="reference"):
+    """The workload in tinycnn, compiled with Adam and categorical cross-entropy; input
+    ``(size, size, 3)`` float32, NHWC. ``'reference'``: ``tinycnn.models.reference_model`` (four
+    3x3 'same' convolutions of 32, 64, 128, 256 filters with ReLU, batch norm, max pooling,
+    Flatten, Dropout(0.5), softmax Dense). ``'resnet18'``: ``tinycnn.models.resnet18`` (the 3x3
+    stem of small images up to 32 pixels, the 7x7 stride-2 stem and max pooling above)."""
     import tinycnn
-    from tinycnn.models import reference_model
+    from tinycnn.models import reference_model, resnet18
 
     tinycnn.set_seed(seed)
-    model = reference_model((size, size, 3), NUM_CLASSES)
+    build = resnet18 if model == "resnet18" else reference_model
+    model = build((size, size, 3), NUM_CLASSES)
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     return model
 

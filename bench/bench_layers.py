@@ -57,7 +57,7 @@ shown with their real GFLOP/s and % of the GEMM ceiling. It answers "is a convol
 products or around them?", and the last line gives everything outside the products as a share of
 the step.
 
-Internal names used: ``model.layers``, ``model._loss``, ``model._fused``, ``model._trainable``,
+Internal names used: ``model.layers``, ``model._loss``, ``model._reads_logits``, ``model._trainable``,
 ``layer.backward_from_logits``, ``layer.input_grad_needed``, ``tinycnn._threads.split_batch`` and
 Conv2D's ``algorithm``, ``_chunk_images``, ``_columns``, ``_column_buffer``, ``_winograd_plan``,
 ``_winograd_buffers``, ``_pad_h``/``_pad_w``, ``_bias``.
@@ -258,7 +258,7 @@ def main(argv=None):
     head = model.layers[-1]
     grad_out = np.random.default_rng(1).standard_normal((args.batch_size, *head.output_shape)).astype(np.float32)
     # Training folds a softmax head into the loss; the step then enters the head from its logits.
-    from_logits = bool(getattr(model, "_fused", False)) and hasattr(head, "backward_from_logits")
+    from_logits = bool(getattr(model, "_reads_logits", False)) and hasattr(head, "backward_from_logits")
 
     progress(f"warming up ({args.warmup} steps; the first loads Numba's cached kernels) ...")
     collect(model, x, y, grad_out, from_logits, max(1, args.warmup))

@@ -113,7 +113,7 @@ def make_tasks(batch_size, inference_batch_sizes):
 
 
 def tinycnn_system(args, data, tasks):
-    model = _common.build_tinycnn_model(args.image_size)
+    model = _common.build_tinycnn_model(args.image_size, model=args.model)
     steps = {}
     for key, _, kind, batch in tasks:
         x, y, _ = data[batch]
@@ -124,8 +124,44 @@ def tinycnn_system(args, data, tasks):
     return System("tinycnn", steps), model
 
 
-def build_torch_model(torch, size):
-    """The reference model in ``torch.nn`` (NCHW semantics; memory format chosen by the caller)."""
+def build_torch_resnet18(torch, size):
+    """ResNet-18 in ``torch.nn``, as ``tinycnn.models.resnet18`` builds it: the same stems (3x3
+    stride 1 up to 32 pixels; else 7x7 stride 2 and a 3x3 stride-2 max pooling), basic blocks with a
+    1x1 projection where the shape changes, convolutions without bias, batch norm with Keras's
+    epsilon and momentum, global average pooling and a linear head on logits."""
+    nn = torch.nn
+
+    def conv_bn(c_in, c_out, k, stride):
+        return [nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=False),
+                nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.01)]
+
+    class Block(nn.Module):
+        def __init__(self, c_in, c_out, stride):
+            super().__init__()
+            self.body = nn.Sequential(*conv_bn(c_in, c_out, 3, stride), nn.ReLU(), *conv_bn(c_out, c_out, 3, 1))
+            self.shortcut = (nn.Sequential(*conv_bn(c_in, c_out, 1, stride)) if stride != 1 or c_in != c_out
+                             else nn.Identity())
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.shortcut(x))
+
+    small = size <= 32
+    layers = conv_bn(3, 64, 3 if small else 7, 1 if small else 2) + [nn.ReLU()]
+    if not small:
+        layers.append(nn.MaxPool2d(3, stride=2, padding=1))
+    c_in = 64
+    for stage, width in enumerate((64, 128, 256, 512)):
+        for b in range(2):
+            layers.append(Block(c_in, width, 2 if stage > 0 and b == 0 else 1))
+            c_in = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, _common.NUM_CLASSES)]
+    return nn.Sequential(*layers)
+
+
+def build_torch_model(torch, size, model="reference"):
+    """The workload in ``torch.nn`` (NCHW semantics; memory format chosen by the caller)."""
+    if model == "resnet18":
+        return build_torch_resnet18(torch, size)
     nn = torch.nn
 
     def conv(c_in, c_out):
@@ -153,7 +189,7 @@ def torch_systems(torch, args, data, tasks):
     systems = []
     for fmt_name, fmt in (("channels_last", torch.channels_last), ("nchw", torch.contiguous_format)):
         torch.manual_seed(0)
-        model = build_torch_model(torch, args.image_size).to(memory_format=fmt)
+        model = build_torch_model(torch, args.image_size, args.model).to(memory_format=fmt)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
         steps = {}
         for key, _, kind, batch in tasks:
@@ -180,6 +216,8 @@ def torch_systems(torch, args, data, tasks):
 
 def keras_system(keras, args, data, tasks):
     """The reference model in Keras 3, on whichever backend Keras is configured for."""
+    if args.model != "reference":
+        raise ValueError(f"the Keras peer builds only the reference model, not {args.model!r}")
     backend = keras.backend.backend()
     notes = []
     if backend == "torch":
@@ -355,6 +393,8 @@ def parse_args(argv=None):
     _common.add_common_arguments(parser, repeats=5, warmup=2)
     parser.add_argument("--steps", type=_common.positive_int, default=3, metavar="K",
                         help="steps timed together in one repeat (default: %(default)s)")
+    parser.add_argument("--model", choices=_common.MODELS, default="reference",
+                        help="the workload: the reference CNN or ResNet-18 (default: %(default)s)")
     parser.add_argument("--peers", default="torch,keras", metavar="LIST",
                         help="comma-separated peers to compare with, among 'torch' and 'keras', or 'none' "
                              "(default: %(default)s; a peer that is not installed is skipped)")
@@ -417,7 +457,7 @@ def main(argv=None):
     info = _common.machine_info(peer_modules=list(modules))
     print("=== tinycnn benchmark: training and inference throughput ===")
     _common.print_machine(info, threads_report)
-    print(f"Workload   : reference CNN, {args.image_size}x{args.image_size}x3 float32 NHWC, training batch "
+    print(f"Workload   : {'reference CNN' if args.model == 'reference' else 'ResNet-18'}, {args.image_size}x{args.image_size}x3 float32 NHWC, training batch "
           f"{args.batch_size}, inference batches {', '.join(str(t[3]) for t in tasks[1:])}; "
           f"{args.warmup} warm-up steps, {args.repeats} repeats x {args.steps} steps, round-robin")
     print(f"Systems    : {', '.join(s.name for s in systems)}")
