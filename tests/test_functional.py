@@ -381,3 +381,19 @@ def test_imports_point_down_only_and_have_no_cycle():
     for m in top:
         if m not in state:
             visit(m, [m])
+
+
+def test_recalibration_goes_on_from_the_previous_layer_and_equals_starting_over(monkeypatch):
+    import tinycnn.model as model_module
+    x = np.random.default_rng(5).random((20, 12, 12, 3), dtype=np.float32)
+    stats = []
+    for budget in (model_module.RECALIBRATION_KEEP_BYTES, 0):   # keep the values / recompute each time
+        monkeypatch.setattr(model_module, "RECALIBRATION_KEEP_BYTES", budget)
+        tinycnn.set_seed(0)
+        model = resnet((12, 12, 3), 2, blocks=(1, 1), width=4)
+        model.recalibrate_batchnorm(x, batch_size=6)
+        stats.append([w.copy() for layer in model.layers if isinstance(layer, BatchNormalization)
+                      for w in layer.get_weights()[2:]])
+    assert len(stats[0]) == 2 * 6          # stem, two blocks of two, one projection
+    for a, b in zip(*stats):
+        np.testing.assert_array_equal(a, b)

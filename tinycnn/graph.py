@@ -153,13 +153,25 @@ class Plan:
         """The step that produces the output."""
         return self.steps[-1]
 
-    def run(self, xs, training, until=None):
-        """Forward through the steps (up to, not including, step ``until``): all slot values."""
-        values = [None] * self.n_slots
-        values[:self.n_inputs] = xs
-        for step in self.steps[:until]:
+    def run(self, xs, training, until=None, start=0, values=None):
+        """Forward through steps ``start`` to ``until`` (not included): all slot values.
+
+        From the beginning, ``xs`` fills the input slots; to go on from step ``start``, pass the
+        ``values`` an earlier run left there instead (see :meth:`live_values`).
+        """
+        if values is None:
+            values = [None] * self.n_slots
+            values[:self.n_inputs] = xs
+        for step in self.steps[start:until]:
             values[step.output] = step.forward(values, training)
         return values
+
+    def live_values(self, values, position):
+        """Copies of the values that steps from ``position`` on still read (others None): what a
+        later :meth:`run` needs to go on from there. Copies, because a step writes its output into
+        a buffer that its next call overwrites."""
+        needed = {i for step in self.steps[position:] for i in step.inputs} | {self.output}
+        return [v.copy() if v is not None and i in needed else None for i, v in enumerate(values)]
 
     def forward(self, xs, training):
         """The output for the list of input batches ``xs``."""

@@ -77,6 +77,11 @@ def _user_stacklevel():
     return level
 
 
+#: ``recalibrate_batchnorm`` keeps each batch's values between two batch-norm layers while they
+#: take at most this much memory; beyond it, each layer's pass starts again from the input.
+RECALIBRATION_KEEP_BYTES = 256 * 2**20
+
+
 def _tensor_list(value, argument, where):
     """``value`` (a symbolic tensor or a list of them) as a list, or a ValueError naming the argument."""
     items = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -799,12 +804,15 @@ class Model:
         fixes it in one pass per batch-norm layer, without changing any trained weight.
 
         The layers are done in plan order, each from the outputs of the steps before it with their
-        statistics already recalibrated, so the result is exactly what inference will see.
+        statistics already recalibrated, so the result is exactly what inference will see. Each
+        batch's forward pass goes on from where the previous layer's stopped (the values still
+        needed are kept), so a network with L batch-norm layers costs about one forward pass over
+        ``x``, not L of them.
         """
         data = self._data(x, None, None, "recalibrate_batchnorm", need_targets=False)
         batch_size = self._check_batch_size(batch_size, "recalibrate_batchnorm")
         plan = self.plan
-        done = set()
+        done, position, kept = set(), 0, None
         for k, step in enumerate(plan.steps):
             bn = step.owner
             if not isinstance(bn, BatchNormalization) or id(bn) in done:
@@ -815,10 +823,17 @@ class Model:
             total_sq = np.zeros(c)
             count = 0
             shift = None
-            for batch in data.batches(batch_size):
+            progressed, kept_bytes = [], 0
+            for b, batch in enumerate(data.batches(batch_size)):
                 with compute_lock():
-                    h = plan.run(batch[0], training=False, until=k)[step.inputs[0]]
-                    h2d = h.reshape(-1, c).astype(np.float64)
+                    values = plan.run(batch[0], training=False, until=k, start=0 if kept is None else position,
+                                      values=None if kept is None else kept[b])
+                    h2d = values[step.inputs[0]].reshape(-1, c).astype(np.float64)
+                    if progressed is not None:
+                        progressed.append(plan.live_values(values, k))
+                        kept_bytes += sum(v.nbytes for v in progressed[-1] if v is not None)
+                        if kept_bytes > RECALIBRATION_KEEP_BYTES:  # too large to keep: start over next time
+                            progressed = None
                 if shift is None:
                     shift = h2d[0].copy()  # shifted sums keep the variance accurate
                 d = h2d - shift
@@ -829,6 +844,7 @@ class Model:
             bn.state["moving_mean"][...] = shift + mean
             bn.state["moving_variance"][...] = np.maximum(total_sq / count - mean * mean, 0.0)
             bn.recalibrated = True
+            position, kept = (k, progressed) if progressed is not None else (0, None)
 
     def _warn_if_batchnorm_unsettled(self):
         """Warn once per model when inference would use moving statistics that still mostly hold
