@@ -22,7 +22,7 @@ def tiny_npz(tmp_path):
 
 def test_every_command_has_complete_help(capsys):
     parser = build_parser()
-    for command in ["demo", "train", "evaluate", "predict", "explain", "summary"]:
+    for command in ["demo", "train", "cv", "evaluate", "predict", "explain", "summary"]:
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([command, "--help"])
         assert exit_info.value.code == 0
@@ -238,3 +238,28 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     np.savez(bad, train_images=np.zeros((4, 8, 8), np.uint8))
     assert main(["train", "--data", str(bad), "--epochs", "1", "--out", str(tmp_path / "o")]) == 2
     assert "train_labels" in capsys.readouterr().err
+
+
+def test_train_resnet18_with_sgd_cosine_warmup_weight_decay_and_clipping(tmp_path, tiny_npz):
+    out = tmp_path / "resnet"
+    assert main(["train", "--data", str(tiny_npz), "--model", "resnet18", "--epochs", "2", "--out", str(out),
+                 "--verbose", "0", "--optimizer", "sgd", "--momentum", "0.9", "--schedule", "cosine",
+                 "--warmup-epochs", "1", "--weight-decay", "5e-4", "--clipnorm", "1.0"]) == 0
+    import tinycnn
+    model = tinycnn.load_model(out / "model.npz")
+    assert type(model).__name__ == "Model" and model.name == "resnet18"
+    config = model.optimizer.get_config()
+    assert type(model.optimizer).__name__ == "SGD" and config["nesterov"] and config["clipnorm"] == 1.0
+    assert config["weight_decay"] == 5e-4 and config["learning_rate"]["class_name"] == "CosineDecay"
+    assert model.metadata["training"]["model"] == "resnet18"
+    assert model.metadata["training"]["optimizer"]["schedule"] == "cosine"
+
+
+def test_cv_reports_folds_and_their_spread(tmp_path, tiny_npz, capsys):
+    out = tmp_path / "cv"
+    assert main(["cv", "--data", str(tiny_npz), "--folds", "3", "--epochs", "1", "--out", str(out),
+                 "--verbose", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["folds"]) == 3 and 0 <= report["summary"]["roc_auc"]["mean"] <= 1
+    assert "3 folds in" in capsys.readouterr().out
+    assert main(["cv", "--data", str(tiny_npz), "--folds", "3", "--epochs", "1", "--out", str(out)]) == 2  # a run is there

@@ -69,7 +69,7 @@ def test_predict_errors(data, network):
         tdask.predict(network, x)
     with pytest.raises(ValueError, match=r"takes images of shape \(None, 8, 8, 3\)"):
         tdask.predict(network, da.zeros((4, 8, 8, 1), chunks=2))
-    with pytest.raises(TypeError, match="must be a tinycnn Sequential"):
+    with pytest.raises(TypeError, match="must be a tinycnn model"):
         tdask.predict("model.npz", da.from_array(x))
 
 

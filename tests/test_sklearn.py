@@ -225,7 +225,7 @@ def test_errors_name_the_call_and_the_argument(images):
         CNNClassifier(tiny_cnn, epoch=3).fit(x, y)
     with pytest.raises(ValueError, match=r"outputs shape \(None, 3\).*need \(None, 2\)"):
         CNNClassifier(lambda input_shape: tiny_cnn(input_shape, 3)).fit(x, y)
-    with pytest.raises(TypeError, match="must return a tinycnn Sequential"):
+    with pytest.raises(TypeError, match="must return a tinycnn model"):
         CNNClassifier(lambda: "not a model").fit(x, y)
     with pytest.raises(ValueError, match="Unknown label type"):
         small().fit(x, np.linspace(0, 1, len(x)))
@@ -317,3 +317,19 @@ def test_cross_validate_report_errors(images):
         cross_validate_report(small(), x, y, X_test=x)
     with pytest.raises(ValueError, match="y_test holds labels"):
         cross_validate_report(small(), x, y, folds=2, X_test=x[:2], y_test=["benign", "unknown"], verbose=0)
+
+
+def residual(input_shape, num_classes):
+    from tinycnn.models import resnet
+    return resnet(input_shape, num_classes, blocks=(1,), width=4)
+
+
+def test_a_functional_network_as_builder_or_instance(images):
+    # a residual network from the functional API, through the builder and as an instance to copy
+    import pickle
+    x, y = images
+    for model in (residual, residual((8, 8, 3), 2)):
+        clf = CNNClassifier(model, epochs=1, batch_size=16, random_state=0).fit(x, y)
+        assert clf.predict_proba(x).shape == (64, 2) and set(clf.predict(x)) <= {"benign", "lesion"}
+        again = pickle.loads(pickle.dumps(clf))
+        np.testing.assert_array_equal(again.predict_proba(x), clf.predict_proba(x))

@@ -1,4 +1,4 @@
-"""The command line: ``tinycnn demo | train | evaluate | predict | explain | summary``.
+"""The command line: ``tinycnn demo | train | cv | evaluate | predict | explain | summary``.
 
 Thin on purpose: it parses arguments and calls the library, so everything it does can also be done
 in a few lines of Python (see each command's function below).
@@ -24,6 +24,29 @@ DEFAULT_OUT = "tinycnn-runs"
 def _warn(message):
     """A warning as one plain line on stderr, as the command line shows every warning."""
     print(f"tinycnn: warning: {message}", file=sys.stderr)
+
+
+def _optimizer(args, steps_per_epoch):
+    """The optimizer the training options ask for: Adam by default; AdamW, RMSprop or SGD with
+    Nesterov momentum; decoupled weight decay (not on biases or batch norm); a cosine schedule over
+    the whole run after a linear warm-up; gradient-norm clipping."""
+    from . import optimizers
+    from .optimizers import schedules
+    lr = args.learning_rate
+    if args.schedule == "cosine":
+        warmup = args.warmup_epochs * steps_per_epoch
+        decay = max(1, args.epochs * steps_per_epoch - warmup)
+        lr = (schedules.CosineDecay(0.0, decay, warmup_target=lr, warmup_steps=warmup) if warmup
+              else schedules.CosineDecay(lr, decay))
+    kwargs = {"clipnorm": args.clipnorm}
+    if args.weight_decay is not None:
+        kwargs["weight_decay"] = args.weight_decay
+    if args.optimizer == "sgd":
+        kwargs.update(momentum=args.momentum, nesterov=args.momentum > 0)
+    names = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}
+    optimizer = optimizers.OPTIMIZER_CLASSES[names[args.optimizer]](lr, **kwargs)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
 
 
 def _loss(args, num_classes):
@@ -302,13 +325,16 @@ def cmd_train(args):
               ("" if reason == "given" else f", {reason}; --positive-class to choose"))
     build = resnet18 if args.model == "resnet18" else reference_model
     model = build(shape, k, augment=args.augment, seed=args.seed)
-    model.compile(optimizer=tinycnn.optimizers.Adam(learning_rate=args.learning_rate), loss=_loss(args, k),
+    model.compile(optimizer=_optimizer(args, -(-_count(train) // args.batch_size)), loss=_loss(args, k),
                   metrics=["accuracy", "auc"])
     model.metadata = {"class_names": names, "image_size": list(shape[:2]), "color_mode": color,
                       "dataset": os.path.abspath(args.data), "positive_class": positive,
                       "positive_class_reason": reason,
                       "training": {"model": args.model, "epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size,
                                    "learning_rate": args.learning_rate, "loss": model.loss.get_config(),
+                                   "optimizer": {"name": args.optimizer, "weight_decay": args.weight_decay,
+                                                 "schedule": args.schedule, "warmup_epochs": args.warmup_epochs,
+                                                 "clipnorm": args.clipnorm},
                                    "class_weight": args.class_weight, "augment": args.augment, "splits": splits}}
     model.summary()
     x, y = _fit_input(train, k)
@@ -320,6 +346,56 @@ def cmd_train(args):
     title = f"Test set ({how['test']}):" if test is not None else \
         f"Validation set ({how['validation']}; no test set given, so these figures are not an independent test):"
     _finish_training(model, train, test if test is not None else val, names, args.out, history, title)
+    return 0
+
+
+def cmd_cv(args):
+    """Stratified k-fold cross-validation of the reference model on a MedMNIST-style .npz (train + val
+    splits) or a folder of class subfolders (all its images): ROC AUC, accuracy, sensitivity and
+    specificity per fold and as mean ± sd; a test split, when the file has one, is scored by each
+    fold's model and by the mean of their probabilities."""
+    from .data import image_folder, load_npz
+    from .sklearn import CNNClassifier, cross_validate_report
+    _check_positive(args, "epochs", "folds")
+    _check_out_folder(args.out, args.overwrite)
+    if os.path.isdir(args.data):
+        folder = image_folder(args.data, image_size=(args.image_size, args.image_size), color_mode=args.color_mode)
+        print(folder)
+        x, y = folder.load()
+        x_test = y_test = None
+        default_names = list(folder.class_names)
+    else:
+        data = load_npz(_existing(args.data, "data"))
+        x = data.x_train if data.x_val is None else np.concatenate([data.x_train, data.x_val])
+        y = data.y_train if data.y_val is None else np.concatenate([data.y_train, data.y_val])
+        x_test, y_test = data.x_test, data.y_test
+        default_names = list(data.class_names) if data.class_names else [str(k) for k in range(data.num_classes)]
+    names = _class_names(args.class_names, default_names)
+    k = len(names)
+    builder = resnet18 if args.model == "resnet18" else reference_model
+    estimator = CNNClassifier(builder, epochs=args.epochs, batch_size=args.batch_size, loss=_loss(args, k),
+                              optimizer__learning_rate=args.learning_rate, model__augment=args.augment,
+                              class_weight=None if args.class_weight == "none" else "balanced", verbose=0)
+    print(f"Data {args.data}: {len(x)} images of shape {x.shape[1:]} in {args.folds} stratified folds"
+          + (f", {len(x_test)} test images" if x_test is not None else "") + f", {k} classes {names}")
+    positive = _positive_class(args.positive_class, names)[0] if k == 2 else None
+    options = dict(folds=args.folds, seed=args.seed, X_test=x_test, y_test=y_test, class_names=names,
+                   positive_class=positive, threads=args.threads)
+    start = time.perf_counter()
+    if args.scheduler:
+        from .dask import scheduler
+        with scheduler(args.scheduler, threads=args.threads or 1):
+            report = cross_validate_report(estimator, x, y, n_jobs=-1, **options)
+    else:
+        report = cross_validate_report(estimator, x, y, **options)
+    seconds = time.perf_counter() - start
+    print(f"\n{report}\n\n{args.folds} folds in {seconds:.0f} s")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "report.json")
+    with open(path, "w") as f:
+        json.dump({**report.to_dict(), "data": os.path.abspath(args.data), "seconds": round(seconds, 1),
+                   "scheduler": args.scheduler}, f, indent=2)
+    print(f"Report written to {path}")
     return 0
 
 
@@ -572,7 +648,16 @@ def _training_options(p):
                         "stem without max pooling for images up to 32 pixels) (default reference)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "rmsprop", "sgd"], default="adam",
+                   help="optimizer (default adam); sgd uses Nesterov momentum --momentum")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="decoupled weight decay, biases and batch norm excluded (default: none; AdamW's 0.004)")
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning-rate schedule over the whole run (default constant)")
+    p.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up from 0 before the cosine (default 0)")
+    p.add_argument("--clipnorm", type=float, default=None, help="clip each gradient's norm to this (default: off)")
     p.add_argument("--loss", choices=["categorical_crossentropy", "categorical_focal_crossentropy"],
                    default="categorical_crossentropy", help="loss (default categorical_crossentropy)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing in [0, 1] (default 0)")
@@ -642,6 +727,22 @@ def build_parser():
     _training_options(p)
     _report_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cv", help="k-fold cross-validated AUC (mean ± sd) on a .npz or a folder",
+                       description=cmd_cv.__doc__)
+    p.add_argument("--data", required=True, help=".npz file (train_images, ..., test_*) or folder")
+    p.add_argument("--folds", type=int, default=5, help="number of stratified folds (default 5)")
+    p.add_argument("--image-size", type=int, default=64, help="folder images are resized to this side (default 64)")
+    p.add_argument("--color-mode", choices=["rgb", "grayscale"], default="rgb", help="for folders (default rgb)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="Numba threads per fold (default: all here, 1 on Dask workers); equal thread "
+                        "counts give bit-identical results")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the folds on Dask: 'local:N' (N worker processes here) or 'tcp://HOST:8786'")
+    _out_options(p, "cv")
+    _training_options(p)
+    _report_options(p)
+    p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("evaluate", help="evaluation report of a saved model on data", description=cmd_evaluate.__doc__)
     p.add_argument("model", help="model file written by tinycnn (model.npz)")

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .model import Sequential
+from .model import Model
 from .sklearn import _model_from_bytes, _model_to_bytes
 
 __all__ = ["predict", "scheduler"]
@@ -61,7 +61,7 @@ def predict(model, images, batch_size=32):
 
     Parameters
     ----------
-    model : Sequential
+    model : Model or Sequential
         A built model (e.g. ``tinycnn.load_model('model.npz')``, or a fitted estimator's ``model_``).
     images : dask.array.Array (n, h, w, c)
         Chunked along the first axis only (other axes are merged into whole images if needed).
@@ -77,8 +77,9 @@ def predict(model, images, batch_size=32):
     import dask
     import dask.array as da
 
-    if not isinstance(model, Sequential):
-        raise TypeError(f"tinycnn.dask.predict: `model` must be a tinycnn Sequential, received {type(model).__name__}")
+    if not isinstance(model, Model):
+        raise TypeError(f"tinycnn.dask.predict: `model` must be a tinycnn model (Sequential or Model), received "
+                        f"{type(model).__name__}")
     if not isinstance(images, da.Array):
         raise TypeError(f"tinycnn.dask.predict: `images` must be a dask.array.Array (use model.predict for NumPy "
                         f"arrays, or dask.array.from_array(images, chunks=...)), received {type(images).__name__}")

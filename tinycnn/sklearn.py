@@ -1,7 +1,7 @@
 """tinycnn as a scikit-learn citizen: :class:`CNNClassifier` and a cross-validation report.
 
-A floor-5 integration: it uses only a model's public face (a builder function or a ``Sequential``,
-``compile``, ``fit``, ``predict``, ``recalibrate_batchnorm``, the layers' ``get_config``) and the
+A floor-5 integration: it uses only a model's public face (a builder function or a model,
+``compile``, ``fit``, ``predict``, ``recalibrate_batchnorm``, ``get_config``) and the
 archive of :mod:`tinycnn.saving`.
 
 >>> from sklearn.model_selection import GridSearchCV, cross_val_score
@@ -29,8 +29,8 @@ Pickling
 joblib and Dask ship estimators to other processes by pickling them. A fitted network is never
 pickled as Python objects: ``__getstate__`` writes it into tinycnn's model archive (JSON
 configuration + ``.npz`` arrays) and pickles those bytes; ``__setstate__`` reads them back with
-:func:`tinycnn.saving.load_model`, which refuses pickled arrays and unknown classes. A ``Sequential``
-given as the ``model`` parameter is pickled as its layers' JSON configuration.
+:func:`tinycnn.saving.load_model`, which refuses pickled arrays and unknown classes. A model
+given as the ``model`` parameter is pickled as its JSON configuration (``get_config``).
 """
 import contextlib
 import copy
@@ -54,7 +54,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import losses as losses_module
 from . import optimizers as optimizers_module
 from .layers import LAYER_CLASSES
-from .model import Sequential
+from .model import Model, Sequential, model_from_config
 from .models import reference_model
 from .report import report_from_predictions
 from .rng import set_seed
@@ -124,14 +124,20 @@ def _model_from_bytes(data):
 
 
 def _architecture(model):
-    """A ``Sequential``'s layers as plain JSON text: ``[{"class_name", "config"}, ...]``."""
+    """A model's architecture as plain JSON text: ``model.get_config()`` once built; an unbuilt
+    ``Sequential``'s layers as ``[{"class_name", "config"}, ...]``."""
+    if model.built:
+        return json.dumps(model.get_config())
     return json.dumps([{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in model.layers])
 
 
 def _from_architecture(text):
-    """New, unbuilt layers from :func:`_architecture`'s text; tinycnn's own layer classes only."""
+    """A new model (fresh weights) from :func:`_architecture`'s text; tinycnn's own layer classes only."""
+    description = json.loads(text)
+    if isinstance(description, dict):
+        return model_from_config(description)
     layers = []
-    for spec in json.loads(text):
+    for spec in description:
         name = spec["class_name"]
         if name not in LAYER_CLASSES:
             raise ValueError(f"CNNClassifier: cannot restore layer class {name!r}: not a tinycnn layer "
@@ -152,11 +158,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    model : callable or Sequential, default :func:`tinycnn.models.reference_model`
-        A function returning an (uncompiled) ``Sequential``, called at every fresh ``fit`` with
-        ``input_shape``, ``num_classes``, ``seed`` (those its signature names) and the ``model__``
-        parameters; or a ``Sequential``, whose layers are copied from their configuration (new
-        weights) at every fresh ``fit``, so the instance given is never trained itself.
+    model : callable or Model, default :func:`tinycnn.models.reference_model`
+        A function returning an (uncompiled) ``Sequential`` or functional ``Model`` (one input),
+        called at every fresh ``fit`` with ``input_shape``, ``num_classes``, ``seed`` (those its
+        signature names) and the ``model__`` parameters; or a model, whose architecture is copied
+        from its configuration (new weights) at every fresh ``fit``, so the instance given is never
+        trained itself.
     optimizer : str, Optimizer class or instance, default 'adam'
         Built anew for every fresh fit, with the ``optimizer__`` parameters applied.
     loss : str, Loss class or instance, default 'categorical_crossentropy'
@@ -269,7 +276,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         state = dict(super().__getstate__())
         if "model_" in state:
             state["model_"] = _model_to_bytes(state["model_"])
-        if isinstance(state.get("model"), Sequential):
+        if isinstance(state.get("model"), Model):
             state["model"] = _PickledArchitecture(_architecture(state["model"]))
         return state
 
@@ -301,16 +308,16 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         return type(base)(**{**config, **extra})
 
     def _new_network(self, input_shape, n_outputs, seed):
-        """A fresh, uncompiled ``Sequential`` from the ``model`` parameter."""
+        """A fresh, uncompiled model (``Sequential`` or functional ``Model``) from the ``model`` parameter."""
         routed = self._routed_to("model")
-        if isinstance(self.model, Sequential):
+        if isinstance(self.model, Model):
             if routed:
                 raise ValueError(f"CNNClassifier: model__ parameters {sorted(routed)} need `model` to be a builder "
-                                 f"function; a Sequential instance takes no arguments")
-            return Sequential([type(layer).from_config(layer.get_config()) for layer in self.model.layers])
+                                 f"function; a model instance takes no arguments")
+            return _from_architecture(_architecture(self.model))  # same architecture, fresh weights
         if not callable(self.model):
-            raise TypeError(f"CNNClassifier: `model` must be a function returning a tinycnn Sequential, or a "
-                            f"Sequential, received {self.model!r}")
+            raise TypeError(f"CNNClassifier: `model` must be a function returning a tinycnn model, or a "
+                            f"model (Sequential or Model), received {self.model!r}")
         signature = inspect.signature(self.model).parameters
         any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
         unknown = sorted(name for name in routed if name not in signature and not any_keyword)
@@ -322,9 +329,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         kwargs = {name: value for name, value in meta.items()
                   if (name in signature or any_keyword) and name not in routed and value is not None}
         network = self.model(**kwargs, **routed)
-        if not isinstance(network, Sequential):
+        if not isinstance(network, Model):
             raise TypeError(f"CNNClassifier: the builder {getattr(self.model, '__name__', self.model)!r} must return "
-                            f"a tinycnn Sequential, it returned {type(network).__name__}")
+                            f"a tinycnn model (Sequential or Model), it returned {type(network).__name__}")
         return network
 
     def _compile(self, network, loss, input_shape, n_outputs):
