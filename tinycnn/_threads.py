@@ -11,7 +11,7 @@ ready for the next call, and a spinning thread steals its core from whatever run
   kernel between two products (im2col, Winograd transforms, batch norm, pooling) then shared the
   cores with them: one training step took 300 ms, against 198 ms with ``OPENBLAS_THREAD_TIMEOUT=4``
   (workers sleep at once). That variable only works before NumPy loads OpenBLAS, so Conv2D and
-  Dense use :func:`split_batch` instead: each thread takes a slice of the batch and runs the whole
+  Dense use :func:`split_batch` (and :func:`split_batch_sum` for weight gradients) instead: each thread takes a slice of the batch and runs the whole
   chunk loop on it (serial Numba kernels that release the GIL, and single-threaded BLAS), so
   OpenBLAS's own workers never wake. Each thread's data also stays in its own core's cache.
 
@@ -129,3 +129,27 @@ def split_batch(n, work):
         finally:
             for f in futures:
                 f.result()
+
+
+
+def split_batch_sum(n, work, out=None):
+    """:func:`split_batch` for a sum over the batch, such as a weight gradient ``dW = sum_i x_i^T dz_i``.
+
+    ``work(lo, hi, slot, serial)`` computes its slice's partial sum and returns it (an array, the
+    same shape for every slot). The partials are then added in slot order, ``p0 + p1 + ...``, so the
+    result does not depend on which thread finished first: a run repeats bit for bit at a fixed
+    thread count. The sum goes into ``out`` (overwritten) when given, else into slot 0's partial
+    itself; it is returned.
+    """
+    parts = {}
+
+    def run(lo, hi, slot, serial):
+        parts[slot] = work(lo, hi, slot, serial)
+
+    split_batch(n, run)
+    total = parts[0] if out is None else out
+    if out is not None:
+        out[...] = parts[0]
+    for slot in range(1, len(parts)):  # in slot order: the same sum on every run
+        total += parts[slot]
+    return total

@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import activations
 from .. import rng
-from .._threads import split_batch
+from .._threads import split_batch, split_batch_sum
 from ..kernels import activations as AK
 from .base import ActivatedLayer, Layer
 from .node import Node
@@ -69,18 +69,13 @@ class Dense(ActivatedLayer):
     def _linear_backward(self, dz2d):
         x2d, w = self._x2d, self.params["kernel"]
         dx2d = np.empty_like(x2d) if self.input_grad_needed else None
-        dw_parts = {}
 
         def work(lo, hi, slot, serial):
-            dw_parts[slot] = x2d[lo:hi].T @ dz2d[lo:hi]
             if dx2d is not None:
                 np.matmul(dz2d[lo:hi], w.T, out=dx2d[lo:hi])
+            return x2d[lo:hi].T @ dz2d[lo:hi]  # this slice's part of dW
 
-        split_batch(x2d.shape[0], work)
-        dw = self.grads["kernel"]
-        dw[...] = dw_parts[0]
-        for slot in range(1, len(dw_parts)):  # in slot order: the same sum on every run
-            dw += dw_parts[slot]
+        split_batch_sum(x2d.shape[0], work, out=self.grads["kernel"])
         if dx2d is None:
             return None
         return dx2d.reshape((-1,) + self.input_shape)
