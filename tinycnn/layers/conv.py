@@ -1,8 +1,29 @@
-"""Conv2D: a 2-D convolution as BLAS matrix products per batch chunk: im2col, or Winograd for 3x3."""
+"""Conv2D: a 2-D convolution as BLAS matrix products over chunks of the batch.
+
+The layer (Keras's ``Conv2D``) holds the weights and the activation. The arithmetic is done by an
+*implementation*, an object the layer picks once, in :meth:`Conv2D.build`:
+
+* :class:`Im2col`, any kernel and stride: each receptive field is copied into a row of a column
+  matrix (``kernels/conv.py: im2col``), and one product with the kernel gives the output.
+* :class:`Pointwise`, 1x1 kernels with stride 1: the input already *is* the column matrix.
+* :class:`Winograd`, 3x3 kernels with stride 1 and at least ``WINOGRAD_MIN_CHANNELS`` input
+  channels: Winograd's F(2x2, 3x3) (``kernels/winograd.py``), 16 smaller products that do the work
+  of the one large product with 2.25x fewer multiplications. Bias and ReLU (the *epilogue*) and a
+  following 2x2 max pooling can run inside its output transform.
+
+An implementation owns everything below the layer: which kernels run, its scratch buffers, the
+chunk size, and the split of the batch over threads (``tinycnn/_threads.py``). All follow one
+pattern: ``forward(x, y, training, epilogue)`` writes the output into the layer's buffer ``y``
+and keeps what its backward pass needs; ``backward(dz2d, epilogue)`` writes the kernel gradient
+into ``layer.grads`` and returns the input gradient.
+"""
+from types import SimpleNamespace
+from typing import NamedTuple, Optional
+
 import numpy as np
 
+from .._threads import split_batch, split_batch_sum
 from ..kernels import conv as K
-from .._threads import split_batch
 from ..kernels import winograd as WG
 from .base import ActivatedLayer, check_int_tuple, check_padding
 
@@ -46,17 +67,11 @@ class Conv2D(ActivatedLayer):
     ``'valid'``: ``floor((H - KH) / sh) + 1``; ``'same'``: ``ceil(H / sh)``, zero padding split with
     the extra row/column at the bottom/right.
 
-    Forward, for each chunk of images: ``cols = im2col(x)`` (rows = output pixels, columns =
-    receptive field), ``y = cols @ kernel.reshape(-1, F)``; the result is already NHWC. Backward:
-    ``dW = cols.T @ dz``, ``dcols = dz @ W.T``, ``dx = col2im(dcols)``. The columns are rebuilt in
-    the backward pass instead of being stored, trading a cheap copy for a lot of memory.
-
-    3x3 kernels with stride 1 and at least ``WINOGRAD_MIN_CHANNELS`` (16) input channels use
-    Winograd's F(2x2, 3x3) instead (``kernels/winograd.py``): 16 smaller products replace the one
-    large product and do the same work with 2.25x fewer multiplications (measured on the reference
-    model: the step went from ~365 to ~305 ms). The result equals im2col's up to rounding (float32:
-    ~1e-6 relative). ``layer.algorithm`` tells which path a built layer takes; setting it to
-    ``'im2col'`` after ``build`` switches a Winograd layer back, e.g. to compare the two.
+    ``y = activation(conv(x) + bias)``. ``conv(x)`` is computed by the implementation chosen in
+    :meth:`build` (module docstring): Winograd for 3x3 stride-1 kernels with 16+ input channels,
+    im2col otherwise (without the copy for 1x1 stride-1 kernels). Winograd's result equals im2col's
+    up to rounding (float32: ~1e-6 relative). ``layer.algorithm`` tells which a built layer runs
+    (``'winograd'`` or ``'im2col'``); setting it after ``build`` switches, e.g. to compare the two.
     ``dilation_rate`` and ``groups`` are not supported.
     """
 
@@ -73,6 +88,8 @@ class Conv2D(ActivatedLayer):
         self.strides = check_int_tuple(strides, 2, "strides", self.describe())
         self.padding = check_padding(padding, self.describe())
         self._init_activation(activation, use_bias, kernel_initializer, bias_initializer)
+        self.implementation = None  # Im2col, Pointwise or Winograd: chosen by build
+        self._epilogue = None
 
     def compute_output_shape(self, input_shape):
         self._expect_rank(input_shape, 3, "(batch, height, width, channels)")
@@ -94,64 +111,81 @@ class Conv2D(ActivatedLayer):
         self.add_weight("kernel", (kh, kw, c, self.filters), self.kernel_initializer)
         if self.use_bias:
             self.add_weight("bias", (self.filters,), self.bias_initializer)
-        # 1x1 kernels with stride 1 need no im2col: the input *is* the column matrix.
-        self._pointwise = (kh, kw) == (1, 1) and self.strides == (1, 1)
-        winograd = (kh, kw) == (3, 3) and self.strides == (1, 1) and c >= WINOGRAD_MIN_CHANNELS
-        self.algorithm = "winograd" if winograd else "im2col"
-        self._kept_cols = None
+        self.algorithm = None  # picks the implementation (the setter below)
 
-    def _chunk_images(self, n):
-        oh, ow, _ = self.output_shape
-        row_bytes = np.prod(self.kernel_size) * self.input_shape[2] * self.dtype.itemsize
-        return int(max(1, min(n, COLUMN_CHUNK_BYTES // max(1, oh * ow * row_bytes))))
+    @property
+    def algorithm(self):
+        """``'winograd'`` or ``'im2col'``: the algorithm of the implementation a built layer runs
+        (None before ``build``). Setting it after ``build`` switches the implementation, e.g. to
+        compare the two; setting None goes back to the automatic choice."""
+        return None if self.implementation is None else self.implementation.algorithm
 
-    def _columns(self, x_chunk, out, serial=False):
-        """im2col of a chunk into ``out`` (rows x KH*KW*C); returns the filled view."""
-        oh, ow, _ = self.output_shape
-        kh, kw = self.kernel_size
-        if self._pointwise:
-            return x_chunk.reshape(-1, x_chunk.shape[-1])
-        cols = out[: x_chunk.shape[0] * oh * ow]
-        im2col = K.im2col_serial if serial else K.im2col
-        im2col(x_chunk, kh, kw, self.strides[0], self.strides[1], self._pad_h, self._pad_w, oh, ow, cols)
-        return cols
+    @algorithm.setter
+    def algorithm(self, algorithm):
+        # The one place where a convolution picks its implementation (see the module docstring).
+        if not self.built:
+            raise ValueError(f"{self.describe()}: `algorithm` can be set once the layer is built")
+        unit_strides = tuple(self.strides) == (1, 1)
+        winograd_applies = tuple(self.kernel_size) == (3, 3) and unit_strides
+        if algorithm is None:
+            enough_channels = self.input_shape[2] >= WINOGRAD_MIN_CHANNELS
+            algorithm = "winograd" if winograd_applies and enough_channels else "im2col"
+        if algorithm == "winograd" and winograd_applies:
+            self.implementation = Winograd(self)
+        elif algorithm == "im2col" and tuple(self.kernel_size) == (1, 1) and unit_strides:
+            self.implementation = Pointwise(self)
+        elif algorithm == "im2col":
+            self.implementation = Im2col(self)
+        else:
+            raise ValueError(f"{self.describe()}: invalid value for `algorithm`: expected 'im2col', None, or "
+                             f"'winograd' for a 3x3 kernel with strides 1, received {algorithm!r} for "
+                             f"kernel_size {self.kernel_size} and strides {self.strides}")
+        self._epilogue = None
 
-    def _column_buffer(self, slot, step):
-        if self._pointwise:
+    def twin(self):
+        twin = super().twin()
+        if self.built:  # its own implementation: its own scratch buffers and saved input
+            twin.algorithm = self.algorithm
+        return twin
+
+    @property
+    def _kept_cols(self):
+        """The columns an im2col implementation kept from a training forward pass for backward
+        (``Im2col.kept_columns``), else None."""
+        return getattr(self.implementation, "kept_columns", None)
+
+    def _implementation_epilogue(self):
+        """The bias and ReLU to apply inside the implementation's output pass, or None when the
+        layer applies bias and activation itself (an im2col layer, or an activation other than
+        ReLU or none)."""
+        if not (self.implementation.applies_epilogue and self.activation.name in ("relu", "linear")):
             return None
-        oh, ow, _ = self.output_shape
-        return self._buffer(f"cols{slot}", (step * oh * ow, int(np.prod(self.kernel_size)) * self.input_shape[2]))
+        return Epilogue(self.params["bias"] if self.use_bias else None, self.activation.name == "relu")
 
     def forward(self, x, training=False):
-        n = x.shape[0]
-        oh, ow, f = self.output_shape
-        y = self._buffer("y", (n, oh, ow, f))
-        y2d = y.reshape(-1, f)
-        self._x = x
-        if self.algorithm == "winograd" and self._epilogue_in_transform():
-            # bias and ReLU are applied inside the output transform: no extra pass over y
-            self._winograd_forward(x, y, self.activation.name == "relu")
-            self.logits = None if self.activation.name == "relu" else y2d
-            self._y2d = y2d
-            return y
-        if self.algorithm == "winograd":
-            self._winograd_forward(x, y, relu=False, with_bias=False)
+        """x (N, H, W, C) -> y (N, OH, OW, F) = activation(conv(x) + bias)."""
+        y = self._buffer("y", (x.shape[0],) + self.output_shape)
+        self._epilogue = self._implementation_epilogue()
+        self.implementation.forward(x, y, training, self._epilogue)
+        y2d = y.reshape(-1, self.filters)
+        if self._epilogue is None:
+            y2d = self._activate(y2d)  # bias and activation here; keeps the logits for the loss
         else:
-            self._im2col_forward(x, y2d, training)
-        self._y2d = self._activate(y2d)
-        return self._y2d.reshape(n, oh, ow, f)
-
-    def _epilogue_in_transform(self):
-        return self.activation.name in ("relu", "linear")
+            self.logits = None if self._epilogue.relu else y2d
+        self._y2d = y2d
+        return y2d.reshape(y.shape)
 
     def backward(self, grad_out):
-        if self.algorithm == "winograd" and self._epilogue_in_transform():
-            # the ReLU mask and the bias gradient are taken inside the output transform's adjoint
-            dy2d = np.ascontiguousarray(grad_out).reshape(-1, self.filters)
-            return self._winograd_backward(dy2d, relu=self.activation.name == "relu", bias_grad=self.use_bias)
-        return super().backward(grad_out)
+        """dL/dy (N, OH, OW, F) -> dL/dx (N, H, W, C); fills ``grads``."""
+        if self._epilogue is None:
+            return super().backward(grad_out)  # activation and bias gradient, then _linear_backward
+        dy2d = np.ascontiguousarray(grad_out).reshape(-1, self.filters)
+        return self.implementation.backward(dy2d, self._epilogue)
 
-    # --- 2x2 max pooling fused into a Winograd layer (a rewrite of the model's plan, tinycnn/graph.py) ---
+    def _linear_backward(self, dz2d):
+        return self.implementation.backward(dz2d)
+
+    # --- 2x2 max pooling computed inside a Winograd layer (a rewrite of the model's plan, tinycnn/graph.py) ---
 
     def fuses_with(self, pool):
         """True if ``pool`` (the next layer) can be computed inside this layer's output transform:
@@ -159,213 +193,366 @@ class Conv2D(ActivatedLayer):
         windows are exactly the 2x2 output tiles (even output sides, so no padding either way)."""
         from .pooling import MaxPooling2D
         oh, ow, _ = self.output_shape
-        return (self.algorithm == "winograd" and self._epilogue_in_transform() and type(pool) is MaxPooling2D
-                and pool.pool_size == (2, 2) and pool.strides == (2, 2) and oh % 2 == 0 and ow % 2 == 0)
+        return (self.implementation.pools and self._implementation_epilogue() is not None
+                and type(pool) is MaxPooling2D and pool.pool_size == (2, 2) and pool.strides == (2, 2)
+                and oh % 2 == 0 and ow % 2 == 0)
 
     def forward_pooled(self, x, training=False):
         """``MaxPooling2D((2, 2))(self.forward(x))`` in one pass: the full-size output is never stored.
         Equal, bit for bit, to the two layers run one after the other (tested)."""
-        n = x.shape[0]
         oh, ow, f = self.output_shape
-        p = self._buffer("pooled", (n, oh // 2, ow // 2, f))
+        p = self._buffer("pooled", (x.shape[0], oh // 2, ow // 2, f))
         argmax = self._buffer("pooled_argmax", p.shape, np.int32)
-        self._x = x
-        self._winograd_forward(x, None, self.activation.name == "relu", pool=(p, argmax))
+        self._epilogue = self._implementation_epilogue()
+        self.implementation.forward_pooled(x, p, argmax, self._epilogue)
         self.logits = None
-        self._pooled = (p, argmax)
         return p
 
     def backward_pooled(self, grad_out):
         """Backward through :meth:`forward_pooled`, from the gradient of the pooled output."""
-        p, argmax = self._pooled
-        dp = np.ascontiguousarray(grad_out).reshape(p.shape)
-        return self._winograd_backward(None, relu=self.activation.name == "relu", bias_grad=self.use_bias,
-                                       pool=(dp, p, argmax))
-
-    def _im2col_forward(self, x, y2d, training):
-        """``y2d = im2col(x) @ W`` chunk by chunk (no bias/activation).
-
-        In training, when the whole batch's columns fit in ``KEEP_COLUMNS_BYTES`` (a thin first
-        layer: 3 channels x 9 = 27 columns), they are kept for the backward pass instead of being
-        rebuilt there."""
-        n = x.shape[0]
-        oh, ow, f = self.output_shape
-        pix = oh * ow
-        w2d = self.params["kernel"].reshape(-1, f)
-        step = self._chunk_images(n)
-        width = w2d.shape[0]
-        keep = training and not self._pointwise and n * pix * width * self.dtype.itemsize <= KEEP_COLUMNS_BYTES
-        kept = self._buffer("cols_kept", (n * pix, width)) if keep else None
-
-        def work(lo, hi, slot, serial):
-            buf = None if keep else self._column_buffer(slot, step)
-            for n0 in range(lo, hi, step):
-                n1 = min(hi, n0 + step)
-                cols = self._columns(x[n0:n1], kept[n0 * pix:] if keep else buf, serial)
-                np.matmul(cols, w2d, out=y2d[n0 * pix:n1 * pix])
-
-        split_batch(n, work)
-        self._kept_cols = kept
-
-    def _linear_backward(self, dz2d):
-        if self.algorithm == "winograd":
-            return self._winograd_backward(dz2d, relu=False, bias_grad=False)
-        x = self._x
-        n = x.shape[0]
-        oh, ow, f = self.output_shape
-        pix = oh * ow
-        kh, kw = self.kernel_size
-        w2d = self.params["kernel"].reshape(-1, f)
-        dx = self._buffer("dx", x.shape) if self.input_grad_needed else None
-        step = self._chunk_images(n)
-        dw_parts = {}
-        kept, self._kept_cols = self._kept_cols, None
-
-        def work(lo, hi, slot, serial):
-            buf = None if kept is not None else self._column_buffer(slot, step)
-            dw = self._buffer(f"dw{slot}", w2d.shape)
-            part = self._buffer(f"dw_part{slot}", w2d.shape)
-            col2im = K.col2im_serial if serial else K.col2im
-            for n0 in range(lo, hi, step):
-                n1 = min(hi, n0 + step)
-                if kept is not None:
-                    cols = kept[n0 * pix:n1 * pix]
-                else:
-                    cols = self._columns(x[n0:n1], buf, serial)
-                dz = dz2d[n0 * pix:n1 * pix]
-                np.matmul(cols.T, dz, out=dw if n0 == lo else part)
-                if n0 > lo:
-                    dw += part
-                if dx is None:
-                    continue
-                if self._pointwise:
-                    np.matmul(dz, w2d.T, out=dx[n0:n1].reshape(-1, w2d.shape[0]))
-                else:
-                    dcols = cols  # the columns are no longer needed: reuse their memory
-                    np.matmul(dz, w2d.T, out=dcols)
-                    col2im(dcols, kh, kw, self.strides[0], self.strides[1], self._pad_h, self._pad_w,
-                           oh, ow, dx[n0:n1])
-            dw_parts[slot] = dw
-
-        split_batch(n, work)
-        dw2d = self.grads["kernel"].reshape(-1, f)
-        dw2d[...] = dw_parts[0]
-        for slot in range(1, len(dw_parts)):  # in slot order: the same sum on every run
-            dw2d += dw_parts[slot]
-        self._x = None
-        return dx
-
-    # --- Winograd F(2x2, 3x3) for 3x3 stride-1 kernels (see kernels/winograd.py) -------------------
-
-    def _winograd_plan(self, n, transform_kernel=True):
-        """Tile grid and chunk size (images) of the Winograd path, and the transformed kernel U
-        (computed by the forward pass; backward reuses it, as the weights have not changed since)."""
-        oh, ow, f = self.output_shape
-        c = self.input_shape[2]
-        th, tw = WG.tile_grid(oh, ow)
-        per_image = 16 * th * tw * (c + f) * self.dtype.itemsize
-        step = int(max(1, min(n, WINOGRAD_CHUNK_BYTES // per_image)))
-        u = self._buffer("wino_u", (16, c, f))
-        if transform_kernel:
-            WG.kernel_transform(self.params["kernel"], u)
-        return th, tw, step, u
-
-    def _winograd_buffers(self, slot, step, th, tw):
-        """V and M of one chunk, for the thread in ``slot`` (reused between steps).
-
-        Each of the 16 planes gets one spare row, so that consecutive planes do not start at
-        addresses a multiple of 4 KiB apart: the transforms touch all 16 planes at once, and equal
-        low address bits would make those 16 streams evict each other from the same cache sets
-        (measured: the input transform ran 2-3x slower without it).
-        """
-        rows = step * th * tw + 1
-        return (self._buffer(f"wino_v{slot}", (16, rows, self.input_shape[2])),
-                self._buffer(f"wino_m{slot}", (16, rows, self.output_shape[2])))
-
-    def _winograd_forward(self, x, y, relu, with_bias=True, pool=None):
-        """``y = conv(x) + bias`` (then ReLU if ``relu``): per chunk, V = B^T d B, M = V @ U,
-        y = A^T M A + bias. With ``pool = (p, argmax)``, y is max-pooled 2x2 on the fly into those
-        instead (``y`` unused)."""
-        th, tw, step, u = self._winograd_plan(x.shape[0])
-        ph, pw = self._pad_h, self._pad_w
-        if with_bias and self.use_bias:
-            bias = self.params["bias"]
-        else:
-            bias = self._buffer("zero_bias", (self.filters,))
-            bias[...] = 0
-
-        def work(lo, hi, slot, serial):
-            v, m = self._winograd_buffers(slot, step, th, tw)
-            inp = WG.input_transform_serial if serial else WG.input_transform
-            out = WG.output_transform_serial if serial else WG.output_transform
-            out_pool = WG.output_transform_pool_serial if serial else WG.output_transform_pool
-            for n0 in range(lo, hi, step):
-                n1 = min(hi, n0 + step)
-                rows = (n1 - n0) * th * tw
-                inp(x[n0:n1], ph, pw, th, tw, v)
-                np.matmul(v[:, :rows], u, out=m[:, :rows])
-                if pool is None:
-                    out(m, th, tw, bias, relu, y[n0:n1])
-                else:
-                    out_pool(m, th, tw, bias, relu, pool[0][n0:n1], pool[1][n0:n1])
-
-        split_batch(x.shape[0], work)
-
-    def _winograd_backward(self, dy2d, relu, bias_grad, pool=None):
-        """dZ = dY * (y > 0) if ``relu``; dM = A dZ A^T (with the bias gradient); dU = V^T @ dM
-        (-> dW = G^T dU G); dV = dM @ U^T (-> dx = B dV B^T). With ``pool = (dp, p, argmax)``, dY is
-        the pooled gradient ``dp``, sent to each window's winner (``dy2d`` unused)."""
-        x = self._x
-        n = x.shape[0]
-        oh, ow, f = self.output_shape
-        if pool is None:
-            dy = dy2d.reshape(n, oh, ow, f)
-            y = self._y2d.reshape(n, oh, ow, f) if relu else dy
-        th, tw, step, u = self._winograd_plan(n, transform_kernel=False)
-        ph, pw = self._pad_h, self._pad_w
-        dx = self._buffer("dx", x.shape) if self.input_grad_needed else None
-        db_rows = self._buffer("wino_db_rows", (n * th, f), np.float64)
-        du_parts = {}
-
-        def work(lo, hi, slot, serial):
-            v, m = self._winograd_buffers(slot, step, th, tw)
-            du = self._buffer(f"wino_du{slot}", u.shape)
-            part = self._buffer(f"wino_du_part{slot}", u.shape)
-            inp = WG.input_transform_serial if serial else WG.input_transform
-            out_back = WG.output_transform_backward_serial if serial else WG.output_transform_backward
-            pool_back = WG.output_transform_pool_backward_serial if serial else WG.output_transform_pool_backward
-            inp_back = WG.input_transform_backward_serial if serial else WG.input_transform_backward
-            for n0 in range(lo, hi, step):
-                n1 = min(hi, n0 + step)
-                rows = (n1 - n0) * th * tw
-                if pool is None:
-                    out_back(dy[n0:n1], y[n0:n1], relu, th, tw, m, db_rows[n0 * th:n1 * th])
-                else:
-                    dp, p, argmax = pool
-                    pool_back(dp[n0:n1], p[n0:n1], argmax[n0:n1], relu, th, tw, m, db_rows[n0 * th:n1 * th])
-                inp(x[n0:n1], ph, pw, th, tw, v)
-                np.matmul(v[:, :rows].transpose(0, 2, 1), m[:, :rows], out=du if n0 == lo else part)
-                if n0 > lo:
-                    du += part
-                if dx is not None:
-                    # V is no longer needed: its memory takes dV
-                    np.matmul(m[:, :rows], u.transpose(0, 2, 1), out=v[:, :rows])
-                    inp_back(v, ph, pw, th, tw, dx[n0:n1])
-            du_parts[slot] = du
-
-        split_batch(n, work)
-        du = du_parts[0]
-        for slot in range(1, len(du_parts)):  # in slot order: the same sum on every run
-            du += du_parts[slot]
-        WG.kernel_transform_backward(du, self.grads["kernel"])
-        if bias_grad:
-            # one row per tile row of the batch, summed in one fixed order: independent of the split
-            self.grads["bias"][...] = db_rows.sum(axis=0)
-        self._x = None
-        return dx
+        return self.implementation.backward_pooled(np.ascontiguousarray(grad_out), self._epilogue)
 
     def get_config(self):
         config = super().get_config()
         config.update(filters=self.filters, kernel_size=list(self.kernel_size), strides=list(self.strides),
                       padding=self.padding, **self._activation_config())
         return config
+
+
+# --- the implementations --------------------------------------------------------------------------
+
+class Epilogue(NamedTuple):
+    """Bias and ReLU applied inside an implementation's output pass (for Winograd, in its output
+    transform, saving a pass over ``y``): ``y = max(z + bias, 0)`` if ``relu`` else ``z + bias``.
+    ``bias`` is the layer's (F,) bias, or None for a layer without one (no bias gradient either)."""
+    bias: Optional[np.ndarray]
+    relu: bool
+
+
+def _kernel_sets(**roles):
+    """``{serial: namespace of functions by role}``. Each role is a ``(parallel, serial)`` pair of
+    Numba kernels, or one function for both (BLAS products, serial kernels). The parallel set runs
+    a whole batch in one thread; the serial set runs one slice per thread (``split_batch``)."""
+    return {serial: SimpleNamespace(**{role: fn[serial] if isinstance(fn, tuple) else fn
+                                       for role, fn in roles.items()})
+            for serial in (False, True)}
+
+
+def _chunks(lo, hi, step):
+    """``(n0, n1)`` for the chunks of ``step`` images that cover the slice ``[lo, hi)``."""
+    for n0 in range(lo, hi, step):
+        yield n0, min(hi, n0 + step)
+
+
+class Im2col:
+    """Convolution as one matrix product per chunk of images.
+
+    Per chunk, with ``cols`` of shape (chunk * OH * OW, KH * KW * C) (one row per output pixel,
+    one column per receptive-field element) and ``W2 = kernel.reshape(KH * KW * C, F)``::
+
+        forward    cols = im2col(x),  z = cols @ W2             (z is already NHWC)
+        backward   dW2 = sum over chunks of cols.T @ dz,  dcols = dz @ W2.T,  dx = col2im(dcols)
+
+    Chunks of about ``COLUMN_CHUNK_BYTES`` of columns stay in cache between the copy and the
+    product, and bound memory whatever the batch. The backward pass rebuilds the columns instead of
+    storing them, trading a cheap copy for a lot of memory; only in training, when the whole
+    batch's columns take at most ``KEEP_COLUMNS_BYTES`` (a thin first layer: 3 channels x 9 = 27
+    columns), are they kept from the forward pass (``kept_columns``).
+
+    The batch is split over threads (``split_batch``): each thread runs the chunk loop on its
+    slice, with serial kernels and its own column buffer; the slices' weight gradients are summed
+    in slot order. No epilogue: the layer adds bias and activation after the product.
+
+    ``kernels[serial]`` holds every function the chunk loops call, by role; a profiler
+    (``bench/bench_layers.py``) may shadow it on an instance with timed versions.
+    """
+
+    algorithm = "im2col"
+    applies_epilogue = False  # bias and activation run in the layer, after the product
+    pools = False             # no pooling inside
+    kernels = _kernel_sets(im2col=(K.im2col, K.im2col_serial), col2im=(K.col2im, K.col2im_serial),
+                           forward_product=np.matmul, weight_product=np.matmul, input_product=np.matmul)
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.kept_columns = None  # the training batch's columns, kept from forward for backward
+        self._x = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.layer.name})"
+
+    def chunk_images(self, n):
+        """Images per chunk for a batch of ``n``: their columns take about ``COLUMN_CHUNK_BYTES``."""
+        oh, ow, _ = self.layer.output_shape
+        row_bytes = np.prod(self.layer.kernel_size) * self.layer.input_shape[2] * self.layer.dtype.itemsize
+        return int(max(1, min(n, COLUMN_CHUNK_BYTES // max(1, oh * ow * row_bytes))))
+
+    def _column_width(self):
+        return int(np.prod(self.layer.kernel_size)) * self.layer.input_shape[2]
+
+    def _kept_buffer(self, n, training):
+        """Room for the whole batch's columns when they are to be kept (see the class docstring)."""
+        oh, ow, _ = self.layer.output_shape
+        shape = (n * oh * ow, self._column_width())
+        if training and shape[0] * shape[1] * self.layer.dtype.itemsize <= KEEP_COLUMNS_BYTES:
+            return self.layer._buffer("cols_kept", shape)
+        return None
+
+    def _column_buffer(self, slot, step):
+        """The columns of one chunk, for the thread in ``slot`` (reused from step to step)."""
+        oh, ow, _ = self.layer.output_shape
+        return self.layer._buffer(f"cols{slot}", (step * oh * ow, self._column_width()))
+
+    def _columns(self, k, x_chunk, out):
+        """im2col of a chunk into ``out`` (rows x KH*KW*C); returns the filled view."""
+        layer = self.layer
+        oh, ow, _ = layer.output_shape
+        kh, kw = layer.kernel_size
+        cols = out[: x_chunk.shape[0] * oh * ow]
+        k.im2col(x_chunk, kh, kw, layer.strides[0], layer.strides[1], layer._pad_h, layer._pad_w, oh, ow, cols)
+        return cols
+
+    def _input_gradient(self, k, dz, w2d, cols, dx_chunk):
+        """``dx = col2im(dz @ W2.T)`` for one chunk; the columns' memory takes ``dcols``."""
+        layer = self.layer
+        oh, ow, _ = layer.output_shape
+        kh, kw = layer.kernel_size
+        k.input_product(dz, w2d.T, out=cols)
+        k.col2im(cols, kh, kw, layer.strides[0], layer.strides[1], layer._pad_h, layer._pad_w, oh, ow, dx_chunk)
+
+    def forward(self, x, y, training=False, epilogue=None):
+        """``y = conv(x)`` (no bias): x (N, H, W, C), y (N, OH, OW, F) written."""
+        assert epilogue is None, "Im2col applies no epilogue"
+        n = x.shape[0]
+        oh, ow, f = self.layer.output_shape
+        pix = oh * ow
+        y2d = y.reshape(-1, f)
+        w2d = self.layer.params["kernel"].reshape(-1, f)
+        step = self.chunk_images(n)
+        kept = self._kept_buffer(n, training)
+
+        def work(lo, hi, slot, serial):
+            k = self.kernels[serial]
+            buf = self._column_buffer(slot, step) if kept is None else None
+            for n0, n1 in _chunks(lo, hi, step):
+                cols = self._columns(k, x[n0:n1], buf if kept is None else kept[n0 * pix:])
+                k.forward_product(cols, w2d, out=y2d[n0 * pix:n1 * pix])
+
+        split_batch(n, work)
+        self._x, self.kept_columns = x, kept
+
+    def backward(self, dz2d, epilogue=None):
+        """From ``dz2d`` (N * OH * OW, F), the gradient of ``conv(x)``: ``grads['kernel']`` written,
+        returns dx (N, H, W, C) (None when ``layer.input_grad_needed`` is False)."""
+        assert epilogue is None, "Im2col applies no epilogue"
+        layer = self.layer
+        x, self._x = self._x, None
+        kept, self.kept_columns = self.kept_columns, None
+        n = x.shape[0]
+        oh, ow, f = layer.output_shape
+        pix = oh * ow
+        w2d = layer.params["kernel"].reshape(-1, f)
+        dx = layer._buffer("dx", x.shape) if layer.input_grad_needed else None
+        step = self.chunk_images(n)
+
+        def work(lo, hi, slot, serial):
+            k = self.kernels[serial]
+            buf = self._column_buffer(slot, step) if kept is None else None
+            dw = layer._buffer(f"dw{slot}", w2d.shape)
+            part = layer._buffer(f"dw_part{slot}", w2d.shape)
+            for n0, n1 in _chunks(lo, hi, step):
+                cols = self._columns(k, x[n0:n1], buf) if kept is None else kept[n0 * pix:n1 * pix]
+                dz = dz2d[n0 * pix:n1 * pix]
+                k.weight_product(cols.T, dz, out=dw if n0 == lo else part)
+                if n0 > lo:
+                    dw += part
+                if dx is not None:
+                    self._input_gradient(k, dz, w2d, cols, dx[n0:n1])
+            return dw  # this slice's dW2
+
+        split_batch_sum(n, work, out=layer.grads["kernel"].reshape(-1, f))
+        return dx
+
+
+class Pointwise(Im2col):
+    """Im2col for 1x1 kernels with stride 1: the input viewed as (N * H * W, C) already is the
+    column matrix, so there is no copy (and nothing to keep), and ``dx = dz @ W2.T`` directly.
+    ``algorithm`` is still ``'im2col'``: the same method, without its copies."""
+
+    def _kept_buffer(self, n, training):
+        return None
+
+    def _column_buffer(self, slot, step):
+        return None
+
+    def _columns(self, k, x_chunk, out):
+        return x_chunk.reshape(-1, x_chunk.shape[-1])
+
+    def _input_gradient(self, k, dz, w2d, cols, dx_chunk):
+        k.input_product(dz, w2d.T, out=dx_chunk.reshape(-1, w2d.shape[0]))
+
+
+class Winograd:
+    """Winograd's F(2x2, 3x3) for 3x3 kernels with stride 1 (``kernels/winograd.py``).
+
+    The output is cut into 2x2 tiles (a TH x TW grid per image), each computed from a 4x4 input
+    tile. With ``U = G g G^T`` (16, C, F), the transformed kernel, per chunk of images::
+
+        forward    V = B^T d B (16, tiles, C),  M = V @ U (16 products),  y = A^T M A + bias
+        backward   dM = A dY A^T,  dU = sum over chunks of V^T @ dM,  dV = dM @ U^T,  dx = B dV B^T,
+                   dW = G^T dU G
+
+    With an :class:`Epilogue`, the output transform also adds the bias and applies ReLU, and its
+    adjoint takes the ReLU mask (from the kept output) and the bias gradient (one row per tile row
+    of the batch, summed in one fixed order, so the split over threads does not change it).
+    :meth:`forward_pooled` max-pools each 2x2 output tile on the fly instead of storing it.
+
+    Chunks hold about ``WINOGRAD_CHUNK_BYTES`` of V and M. The batch is split over threads as in
+    :class:`Im2col`, the slices' dU summed in slot order. ``kernels[serial]``: as :class:`Im2col`.
+    """
+
+    algorithm = "winograd"
+    applies_epilogue = True  # bias and ReLU in the output transform
+    pools = True             # 2x2 max pooling in the output transform
+    kernels = _kernel_sets(
+        input_transform=(WG.input_transform, WG.input_transform_serial),
+        output_transform=(WG.output_transform, WG.output_transform_serial),
+        output_transform_pool=(WG.output_transform_pool, WG.output_transform_pool_serial),
+        output_adjoint=(WG.output_transform_backward, WG.output_transform_backward_serial),
+        output_pool_adjoint=(WG.output_transform_pool_backward, WG.output_transform_pool_backward_serial),
+        input_adjoint=(WG.input_transform_backward, WG.input_transform_backward_serial),
+        kernel_transform=WG.kernel_transform, kernel_adjoint=WG.kernel_transform_backward,
+        forward_product=np.matmul, weight_product=np.matmul, input_product=np.matmul)
+
+    def __init__(self, layer):
+        self.layer = layer
+        self._x = self._y = self._pooled = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.layer.name})"
+
+    def chunk_images(self, n):
+        """Images per chunk for a batch of ``n``: their V and M take about ``WINOGRAD_CHUNK_BYTES``."""
+        oh, ow, f = self.layer.output_shape
+        th, tw = WG.tile_grid(oh, ow)
+        per_image = 16 * th * tw * (self.layer.input_shape[2] + f) * self.layer.dtype.itemsize
+        return int(max(1, min(n, WINOGRAD_CHUNK_BYTES // per_image)))
+
+    def _transformed_kernel(self, transform=True):
+        """U (16, C, F). The forward pass computes it; backward reuses it, as the weights have not
+        changed since."""
+        u = self.layer._buffer("wino_u", (16, self.layer.input_shape[2], self.layer.filters))
+        if transform:
+            self.kernels[False].kernel_transform(self.layer.params["kernel"], u)
+        return u
+
+    def _scratch(self, slot, step, th, tw):
+        """V and M of one chunk, for the thread in ``slot`` (reused between steps).
+
+        Each of the 16 planes gets one spare row, so that consecutive planes do not start at
+        addresses a multiple of 4 KiB apart: the transforms touch all 16 planes at once, and equal
+        low address bits would make those 16 streams evict each other from the same cache sets.
+        """
+        rows = step * th * tw + 1
+        return (self.layer._buffer(f"wino_v{slot}", (16, rows, self.layer.input_shape[2])),
+                self.layer._buffer(f"wino_m{slot}", (16, rows, self.layer.filters)))
+
+    def forward(self, x, y, training=False, epilogue=None):
+        """``y = conv(x)``, or with ``epilogue`` ``max(conv(x) + bias, 0)`` / ``conv(x) + bias``:
+        x (N, H, W, C), y (N, OH, OW, F) written (and kept for a ReLU epilogue's mask)."""
+        self._run_forward(x, epilogue, y=y)
+        self._y = y
+
+    def forward_pooled(self, x, p, argmax, epilogue):
+        """As :meth:`forward`, then 2x2 max pooling: p (N, OH/2, OW/2, F) and the winners' positions
+        ``argmax`` (int32, same shape) written; the full-size output is never stored."""
+        self._run_forward(x, epilogue, pool=(p, argmax))
+        self._pooled = (p, argmax)
+
+    def _run_forward(self, x, epilogue, y=None, pool=None):
+        layer = self.layer
+        n = x.shape[0]
+        oh, ow, _ = layer.output_shape
+        th, tw = WG.tile_grid(oh, ow)
+        step = self.chunk_images(n)
+        u = self._transformed_kernel()
+        ph, pw = layer._pad_h, layer._pad_w
+        relu = epilogue is not None and epilogue.relu
+        if epilogue is not None and epilogue.bias is not None:
+            bias = epilogue.bias
+        else:
+            bias = layer._buffer("zero_bias", (layer.filters,))
+            bias[...] = 0
+
+        def work(lo, hi, slot, serial):
+            k = self.kernels[serial]
+            v, m = self._scratch(slot, step, th, tw)
+            for n0, n1 in _chunks(lo, hi, step):
+                rows = (n1 - n0) * th * tw
+                k.input_transform(x[n0:n1], ph, pw, th, tw, v)
+                k.forward_product(v[:, :rows], u, out=m[:, :rows])
+                if pool is None:
+                    k.output_transform(m, th, tw, bias, relu, y[n0:n1])
+                else:
+                    k.output_transform_pool(m, th, tw, bias, relu, pool[0][n0:n1], pool[1][n0:n1])
+
+        split_batch(n, work)
+        self._x = x
+
+    def backward(self, dz2d, epilogue=None):
+        """From ``dz2d`` (N * OH * OW, F), the gradient of :meth:`forward`'s output (with the
+        same ``epilogue``): ``grads['kernel']`` (and ``grads['bias']`` with an epilogue's bias)
+        written; returns dx (N, H, W, C), or None when ``layer.input_grad_needed`` is False."""
+        n = self._x.shape[0]
+        dy = dz2d.reshape((n,) + self.layer.output_shape)
+        relu = epilogue is not None and epilogue.relu
+        return self._run_backward(epilogue, dy=dy, y=self._y if relu else dy)
+
+    def backward_pooled(self, dp, epilogue):
+        """From ``dp``, the gradient of :meth:`forward_pooled`'s pooled output: each window's
+        gradient goes to its winner; otherwise as :meth:`backward`."""
+        p, argmax = self._pooled
+        return self._run_backward(epilogue, pool=(dp.reshape(p.shape), p, argmax))
+
+    def _run_backward(self, epilogue, dy=None, y=None, pool=None):
+        layer = self.layer
+        x, self._x, self._y = self._x, None, None
+        n = x.shape[0]
+        oh, ow, f = layer.output_shape
+        th, tw = WG.tile_grid(oh, ow)
+        step = self.chunk_images(n)
+        u = self._transformed_kernel(transform=False)
+        ph, pw = layer._pad_h, layer._pad_w
+        relu = epilogue is not None and epilogue.relu
+        dx = layer._buffer("dx", x.shape) if layer.input_grad_needed else None
+        db_rows = layer._buffer("wino_db_rows", (n * th, f), np.float64)
+
+        def work(lo, hi, slot, serial):
+            k = self.kernels[serial]
+            v, m = self._scratch(slot, step, th, tw)
+            du = layer._buffer(f"wino_du{slot}", u.shape)
+            part = layer._buffer(f"wino_du_part{slot}", u.shape)
+            for n0, n1 in _chunks(lo, hi, step):
+                rows = (n1 - n0) * th * tw
+                if pool is None:
+                    k.output_adjoint(dy[n0:n1], y[n0:n1], relu, th, tw, m, db_rows[n0 * th:n1 * th])
+                else:
+                    dp, p, argmax = pool
+                    k.output_pool_adjoint(dp[n0:n1], p[n0:n1], argmax[n0:n1], relu, th, tw, m,
+                                          db_rows[n0 * th:n1 * th])
+                k.input_transform(x[n0:n1], ph, pw, th, tw, v)
+                k.weight_product(v[:, :rows].transpose(0, 2, 1), m[:, :rows], out=du if n0 == lo else part)
+                if n0 > lo:
+                    du += part
+                if dx is not None:
+                    # V is no longer needed: its memory takes dV
+                    k.input_product(m[:, :rows], u.transpose(0, 2, 1), out=v[:, :rows])
+                    k.input_adjoint(v, ph, pw, th, tw, dx[n0:n1])
+            return du  # this slice's dU
+
+        du = split_batch_sum(n, work)
+        self.kernels[False].kernel_adjoint(du, layer.grads["kernel"])
+        if epilogue is not None and epilogue.bias is not None:
+            # one row per tile row of the batch, summed in one fixed order: independent of the split
+            layer.grads["bias"][...] = db_rows.sum(axis=0)
+        return dx
