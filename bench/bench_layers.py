@@ -44,23 +44,26 @@ Reading the output
 
 Convolution breakdown
 ---------------------
-A second table takes each Conv2D apart the way ``Conv2D.forward``/``backward`` run it (the batch
-split over the threads, chunk by chunk with the layer's own chunk size) and times each piece over
-the whole batch. For an im2col layer: ``im2col`` (forward and again in backward), the three
-products (forward ``cols @ W``, weight gradient ``cols.T @ dz``, input gradient ``dz @ W.T``),
-``col2im`` and the bias/ReLU epilogues. For a Winograd layer (3x3, stride 1, 16+ channels): the
-input transform (forward and again in backward), the 16 batched products of each kind, the output
-transform (with bias and ReLU fused in, and the next layer's 2x2 max pooling when the model fuses
-it), the adjoints of both transforms (the ReLU mask and the bias gradient, and the pooling, fused
-into the output one) and the kernel transforms. Products are
-shown with their real GFLOP/s and % of the GEMM ceiling. It answers "is a convolution slow in its
-products or around them?", and the last line gives everything outside the products as a share of
-the step.
+A second table takes each Conv2D apart: it runs the layer's implementation object
+(``layer.implementation``: ``Im2col``, ``Pointwise`` or ``Winograd`` from tinycnn/layers/conv.py)
+forward and backward over the whole batch, its own batch split and chunk loops included, with
+every kernel it calls timed (the implementation looks its kernels up by role in ``kernels``; the
+benchmark shadows that table with timed versions, so no loop is copied here). For an im2col
+layer: ``im2col`` (forward and again in backward), the three products (forward ``cols @ W``,
+weight gradient ``cols.T @ dz``, input gradient ``dz @ W.T``), ``col2im`` and the layer's
+bias/ReLU epilogues. For a Winograd layer (3x3, stride 1, 16+ channels): the input transform
+(forward and again in backward), the 16 batched products of each kind, the output transform (with
+bias and ReLU inside, and the next layer's 2x2 max pooling when the plan puts it there), the
+adjoints of both transforms (the ReLU mask and the bias gradient, and the pooling, inside the
+output one) and the kernel transforms. ``rest`` is the implementation's wall-clock time outside
+its kernels (batch split, chunk loop, summing the slices' gradients). Products are shown with
+their real GFLOP/s and % of the GEMM ceiling. It answers "is a convolution slow in its products or
+around them?", and the last line gives everything outside the products as a share of the step.
 
 Internal names used: ``model.layers``, ``model._loss``, ``model._reads_logits``, ``model._trainable``,
-``layer.backward_from_logits``, ``layer.input_grad_needed``, ``tinycnn._threads.split_batch`` and
-Conv2D's ``algorithm``, ``_chunk_images``, ``_columns``, ``_column_buffer``, ``_winograd_plan``,
-``_winograd_buffers``, ``_pad_h``/``_pad_w``, ``_bias``.
+``model._fusion_plan``, ``layer.backward_from_logits``, ``layer.input_grad_needed``, and Conv2D's
+``implementation`` (its ``kernels``, ``chunk_images``, ``forward``/``backward``,
+``forward_pooled``/``backward_pooled``), ``_implementation_epilogue`` and ``_bias``.
 """
 import argparse
 import os
@@ -315,145 +318,99 @@ def conv_breakdown(model, x, repeats, peak):
     return rows
 
 
+#: How the breakdown names the kernels an implementation calls (``Im2col.kernels`` and
+#: ``Winograd.kernels`` in tinycnn/layers/conv.py, by role).
+PIECE_NAMES = {
+    "im2col": "im2col", "col2im": "col2im",
+    "forward_product": "fwd GEMM", "weight_product": "dW GEMM", "input_product": "dX GEMM",
+    "input_transform": "input transform", "input_adjoint": "input adjoint",
+    "output_transform": "output transform (+bias, ReLU)",
+    "output_transform_pool": "output transform (+bias, ReLU, 2x2 max pool)",
+    "output_adjoint": "output adjoint (+ReLU mask, bias grad)",
+    "output_pool_adjoint": "output adjoint (+2x2 max pool, ReLU mask, bias grad)",
+    "kernel_transform": "kernel transforms", "kernel_adjoint": "kernel transforms",
+}
+REST = "rest (thread split, chunk loop, sums)"
+
+
 def _time_conv_pieces(layer, x, repeats, peak, pooled=False):
-    """Run one Conv2D's forward and backward the way the layer does (batch slices over threads via
-    ``split_batch``, chunk loop inside each slice), timing every piece in every thread. A piece's
-    time is the mean over threads of its accumulated seconds: the threads run the same pieces side
-    by side, so that is its share of the layer's wall-clock time."""
+    """Run one Conv2D's implementation (``layer.implementation``: Im2col, Pointwise or Winograd)
+    forward and backward, as the layer does, with every kernel it calls timed.
+
+    The implementation looks its kernels up by role in ``implementation.kernels``; here that table
+    is shadowed on the instance by timed versions, so the layer's own chunk loops and batch split
+    run. A piece's time is the mean over threads of its accumulated seconds: the threads run the
+    same pieces side by side, so that is its share of the layer's wall-clock time. ``REST`` is the
+    wall-clock time of the implementation's calls minus the pieces."""
+    import threading
+
     import numpy as np
-    from tinycnn._threads import split_batch
     from tinycnn.kernels import conv as K
-    from tinycnn.layers import conv as conv_module
     from tinycnn.kernels import winograd as WG
 
+    impl = layer.implementation
     n = x.shape[0]
     oh, ow, f = layer.output_shape
     c = layer.input_shape[2]
-    kh, kw = layer.kernel_size
-    pix = oh * ow
     relu = layer.activation.name == "relu"
-    winograd = layer.algorithm == "winograd"
     gen = np.random.default_rng(0)
     y = np.empty((n, oh, ow, f), dtype=layer.dtype)
     y2d = y.reshape(-1, f)
     dz2d = gen.standard_normal(y2d.shape).astype(layer.dtype)
     dz_out = np.empty_like(dz2d)
-    dx = np.empty_like(x)
-    ph, pw = layer._pad_h, layer._pad_w
-    w2d = layer.params["kernel"].reshape(-1, f)
-    if winograd:
-        th, tw, step, u = layer._winograd_plan(n)
-        rows_per_image = th * tw
-        bias = layer.params["bias"] if layer.use_bias else np.zeros(f, dtype=layer.dtype)
-        db_rows = np.empty((n * th, f))  # the layer fuses bias and ReLU into the output transforms
-        # with the next layer's 2x2 max pooling fused in (pooled=True): pooled output and winners
+    epilogue = layer._implementation_epilogue()  # bias and ReLU inside the implementation, as the layer runs it
+    if pooled:  # the next layer's 2x2 max pooling computed inside: pooled output, winners, their gradient
         p = np.empty((n, oh // 2, ow // 2, f), dtype=layer.dtype)
         win = np.zeros(p.shape, dtype=np.int32)
         dp = gen.standard_normal(p.shape).astype(layer.dtype)
-        # the products of the 16 transformed planes: 2 * 16 * tiles * C * F per product
-        product_flop = 2.0 * 16 * n * rows_per_image * c * f
+    if impl.algorithm == "winograd":
+        th, tw = WG.tile_grid(oh, ow)
+        product_flop = 2.0 * 16 * n * th * tw * c * f  # the products of the 16 transformed planes
     else:
-        step = layer._chunk_images(n)
-        product_flop = 2.0 * n * pix * w2d.shape[0] * f
-        kept_bytes = n * pix * w2d.shape[0] * layer.dtype.itemsize
+        product_flop = 2.0 * n * oh * ow * int(np.prod(layer.kernel_size)) * c * f
 
     def run_once():
         acc = {}
 
-        def timed(name, slot, fn, *args):
+        def timed(role, fn):
+            name = PIECE_NAMES[role]
+
+            def call(*args, **kwargs):
+                t0 = time.perf_counter()
+                result = fn(*args, **kwargs)
+                per_thread = acc.setdefault(name, {})
+                key = threading.get_ident()
+                per_thread[key] = per_thread.get(key, 0.0) + time.perf_counter() - t0
+                return result
+            return call
+
+        impl.kernels = {serial: type(table)(**{role: timed(role, fn) for role, fn in vars(table).items()})
+                        for serial, table in type(impl).kernels.items()}
+        try:
             t0 = time.perf_counter()
-            result = fn(*args)
-            acc.setdefault(name, {}).setdefault(slot, 0.0)
-            acc[name][slot] += time.perf_counter() - t0
-            return result
-
-        if winograd:
-            def fwd(lo, hi, slot, serial):
-                v, m = layer._winograd_buffers(slot, step, th, tw)
-                inp = WG.input_transform_serial if serial else WG.input_transform
-                out = WG.output_transform_serial if serial else WG.output_transform
-                out_pool = WG.output_transform_pool_serial if serial else WG.output_transform_pool
-                for n0 in range(lo, hi, step):
-                    n1 = min(hi, n0 + step)
-                    r = (n1 - n0) * rows_per_image
-                    timed("input transform", slot, inp, x[n0:n1], ph, pw, th, tw, v)
-                    timed("fwd GEMM", slot, np.matmul, v[:, :r], u, m[:, :r])
-                    if pooled:
-                        timed("output transform (+bias, ReLU, 2x2 max pool)", slot, out_pool, m, th, tw, bias, relu,
-                              p[n0:n1], win[n0:n1])
-                    else:
-                        timed("output transform (+bias, ReLU)", slot, out, m, th, tw, bias, relu, y[n0:n1])
-
-            def bwd(lo, hi, slot, serial):
-                v, m = layer._winograd_buffers(slot, step, th, tw)
-                du = np.empty_like(u)
-                inp = WG.input_transform_serial if serial else WG.input_transform
-                out_b = WG.output_transform_backward_serial if serial else WG.output_transform_backward
-                pool_b = WG.output_transform_pool_backward_serial if serial else WG.output_transform_pool_backward
-                inp_b = WG.input_transform_backward_serial if serial else WG.input_transform_backward
-                dz = dz2d.reshape(n, oh, ow, f)
-                for n0 in range(lo, hi, step):
-                    n1 = min(hi, n0 + step)
-                    r = (n1 - n0) * rows_per_image
-                    if pooled:
-                        timed("output adjoint (+2x2 max pool, ReLU mask, bias grad)", slot, pool_b, dp[n0:n1],
-                              p[n0:n1], win[n0:n1], relu, th, tw, m, db_rows[n0 * th:n1 * th])
-                    else:
-                        timed("output adjoint (+ReLU mask, bias grad)", slot, out_b, dz[n0:n1], y[n0:n1], relu, th,
-                              tw, m, db_rows[n0 * th:n1 * th])
-                    timed("input transform", slot, inp, x[n0:n1], ph, pw, th, tw, v)
-                    timed("dW GEMM", slot, np.matmul, v[:, :r].transpose(0, 2, 1), m[:, :r], du)
-                    if layer.input_grad_needed:
-                        timed("dX GEMM", slot, np.matmul, m[:, :r], u.transpose(0, 2, 1), v[:, :r])
-                        timed("input adjoint", slot, inp_b, v, ph, pw, th, tw, dx[n0:n1])
-
-            timed("kernel transforms", 0, WG.kernel_transform, layer.params["kernel"], u)
-            split_batch(n, fwd)
-            split_batch(n, bwd)
-            timed("kernel transforms", 0, WG.kernel_transform_backward, u, layer.grads["kernel"])
-            timed("bias gradient", 0, db_rows.sum, 0)
-        else:
-            # small columns are kept from forward for backward, as the layer does (KEEP_COLUMNS_BYTES)
-            keep = not layer._pointwise and kept_bytes <= conv_module.KEEP_COLUMNS_BYTES
-            kept = np.empty((n * pix, w2d.shape[0]), dtype=layer.dtype) if keep else None
-
-            def fwd(lo, hi, slot, serial):
-                buf = layer._column_buffer(slot, step)
-                for n0 in range(lo, hi, step):
-                    n1 = min(hi, n0 + step)
-                    cols = timed("im2col", slot, layer._columns, x[n0:n1], kept[n0 * pix:] if keep else buf, serial)
-                    timed("fwd GEMM", slot, np.matmul, cols, w2d, y2d[n0 * pix:n1 * pix])
-
-            def bwd(lo, hi, slot, serial):
-                buf = layer._column_buffer(slot, step)
-                part = np.empty_like(w2d)
-                col2im = K.col2im_serial if serial else K.col2im
-                for n0 in range(lo, hi, step):
-                    n1 = min(hi, n0 + step)
-                    if keep:
-                        cols = kept[n0 * pix:n1 * pix]
-                    else:
-                        cols = timed("im2col", slot, layer._columns, x[n0:n1], buf, serial)
-                    dz = dz2d[n0 * pix:n1 * pix]
-                    timed("dW GEMM", slot, np.matmul, cols.T, dz, part)
-                    if layer.input_grad_needed:
-                        out = dx[n0:n1].reshape(-1, w2d.shape[0]) if layer._pointwise else cols
-                        timed("dX GEMM", slot, np.matmul, dz, w2d.T, out)
-                        if not layer._pointwise:
-                            timed("col2im", slot, col2im, cols, kh, kw, layer.strides[0], layer.strides[1],
-                                  ph, pw, oh, ow, dx[n0:n1])
-
-            split_batch(n, fwd)
-            split_batch(n, bwd)
-            timed("epilogues", 0, K.bias_act_forward, y2d, layer._bias(), relu)
-            timed("epilogues", 0, K.bias_act_backward, dz2d, y2d, relu, dz_out)
-        return {name: sum(per_slot.values()) / len(per_slot) for name, per_slot in acc.items()}
+            if pooled:
+                impl.forward_pooled(x, p, win, epilogue)
+                impl.backward_pooled(dp, epilogue)
+            else:
+                impl.forward(x, y, True, epilogue)
+                impl.backward(dz2d, epilogue)
+            wall = time.perf_counter() - t0
+        finally:
+            del impl.kernels  # back to the class's table
+        ms = {name: sum(per_thread.values()) / len(per_thread) for name, per_thread in acc.items()}
+        ms[REST] = max(0.0, wall - sum(ms.values()))
+        if epilogue is None:  # bias and activation in the layer, after the implementation
+            t0 = time.perf_counter()
+            K.bias_act_forward(y2d, layer._bias(), relu)
+            K.bias_act_backward(dz2d, y2d, relu, dz_out)
+            ms["epilogues"] = time.perf_counter() - t0
+        return ms
 
     samples = [run_once() for _ in range(repeats + 1)][1:]  # the first round warms up
     ms = {k: 1e3 * statistics.median(sample[k] for sample in samples) for k in samples[0]}
     products = [k for k in ("fwd GEMM", "dW GEMM", "dX GEMM") if k in ms]
-    row = {"layer": layer.name, "algorithm": layer.algorithm, "chunk_images": step, "ms": ms,
-           "product_gflop": product_flop / 1e9,
+    row = {"layer": layer.name, "algorithm": layer.algorithm, "implementation": type(impl).__name__,
+           "chunk_images": impl.chunk_images(n), "ms": ms, "product_gflop": product_flop / 1e9,
            "gemm_gflops": {k: product_flop / (ms[k] * 1e6) for k in products}}
     row["gemm_ms"] = sum(ms[k] for k in products)
     row["copies_ms"] = sum(v for k, v in ms.items() if k not in products)
@@ -463,14 +420,14 @@ def _time_conv_pieces(layer, x, repeats, peak, pooled=False):
 
 def print_conv_breakdown(rows, step_ms=None, other_ms=None):
     print("\nConvolution breakdown (whole batch, ms, summed over chunks; the batch is split over the threads)")
-    header = ["layer", "algorithm", "chunk", "fwd GEMM", "dW GEMM", "dX GEMM", "GEMMs", "around them"]
+    header = ["layer", "implementation", "chunk", "fwd GEMM", "dW GEMM", "dX GEMM", "GEMMs", "around them"]
     table = []
     for r in rows:
         ms, pct = r["ms"], r["gemm_pct_peak"]
 
         def g(k):
             return f"{ms[k]:.1f} ({pct[k]:.0f}%)" if k in ms else "-"
-        table.append([r["layer"], r["algorithm"], f"{r['chunk_images']} img", g("fwd GEMM"), g("dW GEMM"),
+        table.append([r["layer"], r["implementation"], f"{r['chunk_images']} img", g("fwd GEMM"), g("dW GEMM"),
                       g("dX GEMM"), f"{r['gemm_ms']:.1f}", f"{r['copies_ms']:.1f}"])
     print(_common.format_table(header, table))
     print("around them, piece by piece:")
