@@ -89,8 +89,30 @@ def branches(namespace, tmp_path):
     return check
 
 
+def sklearn_and_dask(namespace, tmp_path):
+    """Small dark/bright images for the estimator; the Dask part gets a grid, a model and a dask array."""
+    import dask.array as da
+
+    import tinycnn
+    x, y = dark_or_bright(40, 3, 0)
+    x_test, y_test = dark_or_bright(20, 3, 1)
+    namespace.update(X=x, y=np.array(["benign", "malignant"])[y], X_test=x_test,
+                     y_test=np.array(["benign", "malignant"])[y_test],
+                     grid={"optimizer__learning_rate": [1e-3, 3e-4]},
+                     model=tinycnn.models.reference_model((16, 16, 3), 2), images=da.from_array(x, chunks=16))
+    namespace["model"].build()
+
+    def check(namespace):
+        assert math.isfinite(namespace["search"].best_score_)
+        if "probs" in namespace:  # the Dask snippet
+            assert namespace["probs"].compute().shape == (40, 2)
+        else:
+            assert namespace["calibrated"].predict_proba(namespace["X_test"]).shape == (20, 2)
+    return check
+
+
 SETUP = {"The reference program": reference_program, "Your own images": own_images, "How it works": how_it_works,
-         "Networks with branches": branches}
+         "Networks with branches": branches, "Cross-validation, scikit-learn and Dask": sklearn_and_dask}
 
 
 def test_every_snippet_has_its_data_described():
