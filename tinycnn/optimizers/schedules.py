@@ -61,7 +61,28 @@ class LearningRateSchedule:
         return f"{type(self).__name__}({args})"
 
 
-class ExponentialDecay(LearningRateSchedule):
+class _DecayOverSteps(LearningRateSchedule):
+    """The arguments Keras's ``ExponentialDecay`` and ``InverseTimeDecay`` share; a subclass gives
+    the formula of ``p = step / decay_steps`` (rounded down with ``staircase=True``)."""
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name=None):
+        owner = type(self).__name__
+        self.initial_learning_rate = _number(initial_learning_rate, "initial_learning_rate", owner, 0)
+        self.decay_steps = _number(decay_steps, "decay_steps", owner, 0, strict=True)
+        self.decay_rate = _number(decay_rate, "decay_rate", owner, 0)
+        self.staircase = _check_bool(staircase, "staircase", owner)
+        self.name = _name(owner if name is None else name, owner)
+
+    def __call__(self, step):
+        p = step / self.decay_steps
+        return self._rate(math.floor(p) if self.staircase else p)
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+                "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
+
+
+class ExponentialDecay(_DecayOverSteps):
     """``initial_learning_rate * decay_rate ** (step / decay_steps)``; with ``staircase=True`` the
     exponent is rounded down, so the rate drops by ``decay_rate`` every ``decay_steps`` steps.
 
@@ -74,26 +95,11 @@ class ExponentialDecay(LearningRateSchedule):
     name : str, default 'ExponentialDecay'
     """
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="ExponentialDecay"):
-        owner = "ExponentialDecay"
-        self.initial_learning_rate = _number(initial_learning_rate, "initial_learning_rate", owner, 0)
-        self.decay_steps = _number(decay_steps, "decay_steps", owner, 0, strict=True)
-        self.decay_rate = _number(decay_rate, "decay_rate", owner, 0)
-        self.staircase = _check_bool(staircase, "staircase", owner)
-        self.name = _name(name, owner)
-
-    def __call__(self, step):
-        p = step / self.decay_steps
-        if self.staircase:
-            p = math.floor(p)
+    def _rate(self, p):
         return self.initial_learning_rate * self.decay_rate ** p
 
-    def get_config(self):
-        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
-                "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
 
-
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_DecayOverSteps):
     """``initial_learning_rate / (1 + decay_rate * step / decay_steps)``; with ``staircase=True``
     ``step / decay_steps`` is rounded down.
 
@@ -106,23 +112,8 @@ class InverseTimeDecay(LearningRateSchedule):
     name : str, default 'InverseTimeDecay'
     """
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="InverseTimeDecay"):
-        owner = "InverseTimeDecay"
-        self.initial_learning_rate = _number(initial_learning_rate, "initial_learning_rate", owner, 0)
-        self.decay_steps = _number(decay_steps, "decay_steps", owner, 0, strict=True)
-        self.decay_rate = _number(decay_rate, "decay_rate", owner, 0)
-        self.staircase = _check_bool(staircase, "staircase", owner)
-        self.name = _name(name, owner)
-
-    def __call__(self, step):
-        p = step / self.decay_steps
-        if self.staircase:
-            p = math.floor(p)
+    def _rate(self, p):
         return self.initial_learning_rate / (1 + self.decay_rate * p)
-
-    def get_config(self):
-        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
-                "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
