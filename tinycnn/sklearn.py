@@ -214,8 +214,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     ``X`` is an array of samples of any per-sample shape the network accepts: (n, h, w, c) images
     for the reference model; (n, features) works with a builder that starts with ``Dense``, which
     is how scikit-learn's generic estimator checks run (tests/test_sklearn.py). Predictions are
-    per sample; using one fitted estimator from several threads at once is not supported (its layers
-    reuse their buffers), but separate clones are fine.
+    per sample; ``predict``/``predict_proba`` may be called from several threads at once (they take
+    turns batch by batch, README "Threads"); fitting one estimator from two threads is refused.
     """
 
     def __init__(self, model=reference_model, *, optimizer="adam", loss="categorical_crossentropy", epochs=10,
