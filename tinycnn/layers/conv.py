@@ -1,7 +1,8 @@
 """Conv2D: a 2-D convolution as BLAS matrix products over chunks of the batch.
 
 The layer (Keras's ``Conv2D``) holds the weights and the activation. The arithmetic is done by an
-*implementation*, an object the layer picks once, in :meth:`Conv2D.build`:
+*implementation*, an object the layer picks when it is built (:meth:`Conv2D.build` sets
+``algorithm``, whose setter is the one place the choice is made):
 
 * :class:`Im2col`, any kernel and stride: each receptive field is copied into a row of a column
   matrix (``kernels/conv.py: im2col``), and one product with the kernel gives the output.
@@ -284,7 +285,7 @@ class Im2col:
     def chunk_images(self, n):
         """Images per chunk for a batch of ``n``: their columns take about ``COLUMN_CHUNK_BYTES``."""
         oh, ow, _ = self.layer.output_shape
-        row_bytes = np.prod(self.layer.kernel_size) * self.layer.input_shape[2] * self.layer.dtype.itemsize
+        row_bytes = self._column_width() * self.layer.dtype.itemsize
         return int(max(1, min(n, COLUMN_CHUNK_BYTES // max(1, oh * ow * row_bytes))))
 
     def _column_width(self):
