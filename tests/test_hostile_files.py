@@ -3,12 +3,14 @@ names the file and the problem, nothing in it is unpickled, nothing is allocated
 save that fails half-way leaves the earlier file as it was.
 
 Each test builds its hostile file by hand (``zipfile`` and ``.npy`` bytes) from a good one. Random
-damage to the config and to the bytes is tried in test_properties.py (it needs hypothesis).
+damage to the config and to the bytes is tried in test_file_fuzz.py and test_properties.py (they
+need hypothesis); each problem the fuzzing found has its test here.
 """
 import io
 import json
 import os
 import stat
+import struct
 import tracemalloc
 import zipfile
 
@@ -16,9 +18,10 @@ import numpy as np
 import pytest
 
 import tinycnn
-from tinycnn.layers import BatchNormalization, Conv2D, Dense, Flatten
+from tinycnn import Input, Model
+from tinycnn.layers import Activation, Add, BatchNormalization, Conv2D, Dense, Flatten
 from tinycnn.models import Sequential
-from tinycnn.saving import MAX_CONFIG_BYTES, ModelFileError
+from tinycnn.saving import MAX_CONFIG_BYTES, MAX_LAYERS, MAX_METRICS, MAX_NODES, ModelFileError
 
 X = np.random.default_rng(0).random((4, 6, 6, 1), dtype=np.float32)
 Y = np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]
@@ -303,8 +306,8 @@ def test_a_huge_json_config(good, tmp_path, excess):
     set_config(files, config)
     size = MAX_CONFIG_BYTES + excess if excess == 1 else len(files["__config__.npy"])  # JSON, or the whole entry
     refused(write_zip(tmp_path / "config.npz", files),
-            f"the configuration takes {size:,} bytes; a model's JSON description is at most 10,485,760: refusing to "
-            f"read it")
+            f"the configuration takes {size:,} bytes; a model's JSON description is at most {MAX_CONFIG_BYTES:,}: "
+            f"refusing to read it")
 
 
 def test_a_deeply_nested_json_config(good, tmp_path):
@@ -346,6 +349,153 @@ def test_a_compressed_bomb_is_refused_before_unpacking(tmp_path):
         tracemalloc.stop()
     assert "the archive declares 64,0" in text
     assert peak < 10 * 2**20, f"{peak:,} bytes allocated"
+
+
+def _declare_size(path, entry, size):
+    """Make the zip directory of ``path`` declare that ``entry`` unpacks to ``size`` bytes."""
+    data = bytearray(path.read_bytes())
+    end = data.rindex(b"PK\x05\x06")
+    at = struct.unpack_from("<I", data, end + 16)[0]  # the central directory's offset
+    while True:
+        name_length, extra_length, comment_length = struct.unpack_from("<HHH", data, at + 28)
+        if data[at + 46:at + 46 + name_length] == entry.encode():
+            break
+        at += 46 + name_length + extra_length + comment_length
+    struct.pack_into("<I", data, at + 24, size)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("method, name", [(zipfile.ZIP_BZIP2, "bzip2"), (zipfile.ZIP_LZMA, "LZMA")])
+def test_bzip2_and_lzma_entries_are_refused_before_unpacking(good, tmp_path, method, name):
+    """Found by fuzzing: zipfile unpacks a whole chunk of bzip2 or LZMA at once, whatever the entry
+    declares; a 1.4 KB file whose kernel (declared at its honest 96 bytes) was 200 MB of bzip2'd
+    zeros allocated 459 MB before its CRC failed. Only stored and deflated entries are read."""
+    _, path = good
+    files = entries(path)
+    kernel = files.pop("layers/0/kernel.npy")
+    hostile = write_zip(tmp_path / "packed.npz", files)
+    info = zipfile.ZipInfo("layers/0/kernel.npy")
+    info.compress_type = method
+    with zipfile.ZipFile(hostile, "a") as z, z.open(info, "w") as entry:
+        entry.write(kernel)
+        for _ in range(32):
+            entry.write(bytes(2**20))
+    _declare_size(hostile, "layers/0/kernel.npy", len(kernel))
+    assert hostile.stat().st_size < 64 * 2**10
+    tracemalloc.start()
+    try:
+        refused(hostile, f"entry 'layers/0/kernel' is packed with {name} (zip method {method}); tinycnn reads stored "
+                         f"and deflated entries only, what NumPy writes (other methods can unpack to far more than "
+                         f"the entry declares): refusing to unpack it")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"{peak:,} bytes allocated"
+
+
+@pytest.mark.parametrize("item", ["{}", "[]", '"ab"'])
+def test_a_json_config_at_its_size_limit_stays_small_in_memory(good, tmp_path, item):
+    """Found by fuzzing: parsed JSON takes up to 25 times its text (a 64-byte dict for each ``{},``),
+    and a 10 MB configuration made 210 MB of objects; the limit is now 1 MB. A JSON of empty
+    containers just under the limit loads (its metadata are just odd) within 40 MB."""
+    _, path = good
+    files = entries(path)
+    config = config_of(files)
+    config["metadata"] = {"x": []}
+    count = (MAX_CONFIG_BYTES - len(json.dumps(config)) - 16) // (len(item) + 2)
+    config["metadata"]["x"] = json.loads("[" + ", ".join([item] * count) + "]")
+    set_config(files, config)
+    assert MAX_CONFIG_BYTES - 64 < len(json.dumps(config)) <= MAX_CONFIG_BYTES
+    bomb = write_zip(tmp_path / "containers.npz", files)
+    tracemalloc.start()
+    try:
+        loaded = tinycnn.load_model(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(loaded.metadata["x"]) == count
+    assert peak < 40 * 2**20, f"{peak:,} bytes allocated"
+
+
+def _activations(count):
+    return [{"class_name": "Activation", "config": {"name": f"relu_{i}", "activation": "relu"}} for i in range(count)]
+
+
+def test_too_many_layers_are_refused_before_building(good, tmp_path):
+    """Found by fuzzing: building a Sequential takes time quadratic in its layers (each name is
+    checked against the others), 16 s for 20,000 layers, well within the JSON limit then."""
+    _, path = good
+    files = entries(path)
+    config = config_of(files)
+    config["model"]["layers"][2:2] = _activations(MAX_LAYERS)
+    set_config(files, config)
+    refused(write_zip(tmp_path / "layers.npz", files),
+            f"the model describes {MAX_LAYERS + 4:,} layers; a tinycnn model file holds at most {MAX_LAYERS:,}")
+
+
+@pytest.mark.parametrize("where", ["nodes", "connections"])
+def test_too_big_a_graph_is_refused_before_building(tmp_path, where):
+    """Found by fuzzing: an Add of 100,000 inputs (one node) loaded in 2 s; many calls of one layer
+    likewise. Calls and connections are at most MAX_NODES."""
+    image, extra = Input(shape=(4,), name="image"), Input(shape=(4,), name="extra")
+    model = Model([image, extra], Add(name="add")([image, Activation("relu", name="act")(extra)]))
+    model.save(tmp_path / "graph.npz")
+    files = entries(tmp_path / "graph.npz")
+    config = config_of(files)
+    nodes = config["model"]["nodes"]  # image, extra, act(extra), add(image, act)
+    assert [n["inputs"] for n in nodes] == [[], [], [1], [0, 2]]
+    if where == "nodes":  # act applied MAX_NODES times in a chain
+        nodes[3:3] = [{"layer": nodes[2]["layer"], "inputs": [2 + i]} for i in range(MAX_NODES)]
+        nodes[-1]["inputs"] = [0, len(nodes) - 2]
+        config["model"]["output"] = len(nodes) - 1
+        calls, links = MAX_NODES + 4, MAX_NODES + 5
+    else:
+        nodes[3]["inputs"] = [0, 2] * (MAX_NODES // 2)
+        calls, links = 4, MAX_NODES + 3
+    set_config(files, config)
+    refused(write_zip(tmp_path / "big.npz", files),
+            f"the model's graph has {calls:,} layer calls and {links:,} connections; a tinycnn model file holds at "
+            f"most {MAX_NODES:,} of each")
+
+
+def test_a_long_list_in_a_layer_setting_is_refused(tmp_path):
+    """Found by fuzzing: an input shape of 100,000 dimensions went through the construction (0.4 s)
+    before a layer refused it."""
+    image, extra = Input(shape=(4,), name="image"), Input(shape=(4,), name="extra")
+    Model([image, extra], Add(name="add")([image, extra])).save(tmp_path / "graph.npz")
+    files = entries(tmp_path / "graph.npz")
+    config = config_of(files)
+    config["model"]["layers"][1]["config"]["shape"] = [1] * 100_000
+    set_config(files, config)
+    refused(write_zip(tmp_path / "shape.npz", files),
+            "layer 1 (InputLayer) has a list of 100,000 items in its setting 'shape'; tinycnn layers take at most 8")
+
+
+def test_too_many_metrics_are_refused(good, tmp_path):
+    """Found by fuzzing: 100,000 metric names took 1 s to resolve before being refused as repeated."""
+    _, path = good
+    files = entries(path)
+    config = config_of(files)
+    config["compile"]["metrics"] = ["accuracy"] * (MAX_METRICS + 1)
+    set_config(files, config)
+    refused(write_zip(tmp_path / "metrics.npz", files),
+            f"the compile settings name {MAX_METRICS + 1} metrics; tinycnn model files hold at most {MAX_METRICS}")
+    config["compile"]["metrics"] = "accuracy"
+    set_config(files, config)
+    refused(write_zip(tmp_path / "metric.npz", files),
+            "the compile settings must be a JSON object whose 'metrics' is a list of names")
+
+
+@pytest.mark.parametrize("key", ["\u00b2", "1\u2070", "\u0661"])
+def test_a_batchnorm_key_of_non_ascii_digits(good, tmp_path, key):
+    """Found by fuzzing: '\u00b2'.isdigit() is True but int('\u00b2') raises, so the key escaped as a
+    bare ValueError instead of a ModelFileError; and Arabic-Indic one ('\u0661') parsed as layer 1."""
+    _, path = good
+    files = entries(path)
+    config = config_of(files)
+    config["batchnorm"] = {key: {"updates": 1, "recalibrated": False}}
+    set_config(files, config)
+    refused(write_zip(tmp_path / "bn.npz", files), f"batch-norm state for layer {key!r} does not match the architecture")
 
 
 def test_duplicate_entries(good, tmp_path):
@@ -418,9 +568,9 @@ def test_save_refuses_a_config_that_load_would_refuse(good):
     m, path = good
     before = path.read_bytes()
     m.metadata = {"notes": "x" * MAX_CONFIG_BYTES}
-    with pytest.raises(ValueError, match=r"^save: the model's configuration takes 10,48.* bytes of JSON, more than "
-                                         r"the 10,485,760 that load_model accepts; keep large data out of "
-                                         r"`model.metadata`$"):
+    with pytest.raises(ValueError, match=rf"^save: the model's configuration takes [\d,]+ bytes of "
+                                         rf"JSON, more than the {MAX_CONFIG_BYTES:,} that load_model accepts; keep "
+                                         rf"large data out of `model.metadata`$"):
         m.save(path)
     assert path.read_bytes() == before
 

@@ -21,7 +21,11 @@ Reading checks every claim the file makes *before* acting on it:
    that agrees is anything allocated.
 3. **No zip bombs.** A zip entry declares its unpacked size; the total may not exceed
    :data:`MAX_COMPRESSION_RATIO` times the packed size (tinycnn writes uncompressed entries, and
-   trained weights hardly compress). The JSON description is capped at :data:`MAX_CONFIG_BYTES`.
+   trained weights hardly compress). Entries must be stored or deflated, the two methods NumPy
+   writes: ``zipfile`` unpacks a chunk of deflate at most to the size it is asked for, but a chunk of
+   bzip2 or LZMA all at once, and 4 KB of bzip2 can unpack to gigabytes whatever the entry declares.
+   The JSON description is capped at :data:`MAX_CONFIG_BYTES`: parsed, each byte can become up to
+   about 25 bytes of Python objects (``[{},{},...]``: a 64-byte dict per 3 bytes of text).
 
 Anything wrong raises :class:`ModelFileError` (a ``ValueError``) whose message starts with the file
 name and says what is wrong.
@@ -38,8 +42,9 @@ import numpy as np
 
 FORMAT = "tinycnn-model"
 
-#: Largest description (JSON) a model file may carry.
-MAX_CONFIG_BYTES = 10 * 2**20
+#: Largest description (JSON) a model file may carry: at most about 25 MB once parsed (module
+#: docstring). ResNet-18's takes 18 KB, a model of 2,000 layers about 600 KB.
+MAX_CONFIG_BYTES = 2**20
 #: Largest ``.npy`` header read; NumPy's own default limit. Real headers are about 128 bytes.
 MAX_HEADER_BYTES = 10_000
 #: Largest ratio of declared unpacked size to packed size over the whole archive.
@@ -187,6 +192,11 @@ class ArchiveReader:
         self._zip.close()
 
 
+#: The zip packing methods a model file may use (see the module docstring), and names for others.
+_PACKINGS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+_OTHER_PACKINGS = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}
+
+
 def _check_entries(archive, size, fail):
     """``{name: ZipInfo}`` for the ``.npy`` entries (name without ``.npy``), after checking the zip
     directory against the file: known entry types, sizes within the file, no zip bomb."""
@@ -201,6 +211,11 @@ def _check_entries(archive, size, fail):
             raise fail(f"entry '{key}' appears twice in the archive")
         if info.flag_bits & 0x1:
             raise fail(f"entry '{key}' is encrypted; tinycnn model files are not")
+        if info.compress_type not in _PACKINGS:
+            method = _OTHER_PACKINGS.get(info.compress_type, "an unknown method")
+            raise fail(f"entry '{key}' is packed with {method} (zip method {info.compress_type}); tinycnn reads "
+                       f"stored and deflated entries only, what NumPy writes (other methods can unpack to far "
+                       f"more than the entry declares): refusing to unpack it")
         if info.header_offset + info.compress_size > size:
             raise fail(f"entry '{key}' reaches past the end of the file ({size:,} bytes): the file is truncated")
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
@@ -273,7 +288,13 @@ _KIND_NAMES = {"biuf": "bool, int or float", "u": "uint8", "iu": "int", "f": "fl
 def _read_array(archive, info, header, fail):
     """The data of one entry whose header :func:`_array_header` accepted, as a writable native array."""
     shape, dtype, fortran, offset = header
-    nbytes = math.prod(shape) * dtype.itemsize
+    data = _read_data(archive, info, offset, math.prod(shape) * dtype.itemsize, fail)
+    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return array.astype(dtype.newbyteorder("="), order="C")  # a copy: writable, native byte order
+
+
+def _read_data(archive, info, offset, nbytes, fail):
+    """``nbytes`` of entry ``info`` after its ``offset``-byte header, with the entry's CRC checked."""
     with archive.open(info) as stream:
         stream.read(offset)
         data = stream.read(nbytes)
@@ -281,8 +302,7 @@ def _read_array(archive, info, header, fail):
     if len(data) != nbytes:
         raise fail(f"entry '{info.filename[:-4]}' ends after {len(data):,} of its {nbytes:,} bytes of data: "
                    f"the file is truncated")
-    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-    return array.astype(dtype.newbyteorder("="), order="C")  # a copy: writable, native byte order
+    return data
 
 
 def _read_config(archive, info, fail):
@@ -299,9 +319,9 @@ def _read_config(archive, info, fail):
                    f"{header[0]} of {header[1]}")
     if header[0][0] > MAX_CONFIG_BYTES:
         raise too_large(header[0][0])
-    text = _read_array(archive, info, header, fail).tobytes()
+    data = _read_data(archive, info, header[3], header[0][0], fail)
     try:
-        config = json.loads(text.decode("utf-8"))
+        config = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise fail(f"the configuration is not UTF-8 text ({e})") from None
     except json.JSONDecodeError as e:

@@ -23,6 +23,11 @@ description against what it asks for:
    run of the model's construction in which each layer's ``add_weight`` records shapes instead of
    creating arrays; every weight's header must announce exactly that shape, and the bytes it holds,
    before anything is built.
+3. **No work on the file's word.** Building takes time in proportion to the description's size, so
+   that size is bounded before anything is built: at most :data:`MAX_LAYERS` layers,
+   :data:`MAX_NODES` layer calls and as many connections between them, lists of at most
+   :data:`MAX_LIST_ITEMS` items in a layer's settings (shapes, kernel sizes, strides), at most
+   :data:`MAX_METRICS` metrics.
 
 Anything wrong raises :class:`ModelFileError` (a ``ValueError``) whose message starts with the file
 name and says what is wrong.
@@ -38,6 +43,14 @@ __all__ = ["save_model", "load_model", "ModelFileError"]
 
 #: Format versions :func:`load_model` reads.
 VERSIONS = (1, 2)
+#: Most layers a model file may describe (ResNet-18 has 69).
+MAX_LAYERS = 2_000
+#: Most layer calls (nodes of a functional graph), and most connections between them.
+MAX_NODES = 5_000
+#: Longest list in a layer's settings: no tinycnn layer takes more than a shape of 8 dimensions.
+MAX_LIST_ITEMS = 8
+#: Most metrics in the compile settings (names are unique, and tinycnn has fewer).
+MAX_METRICS = 32
 #: What building layers from a hostile description may raise (caught and reported as ModelFileError).
 _BAD_DESCRIPTION = (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, RecursionError)
 
@@ -146,11 +159,21 @@ def _description(config, fail):
     specs = description.get("layers")
     if not isinstance(specs, list) or not specs:
         raise fail("the model has no layers")
+    if len(specs) > MAX_LAYERS:
+        raise fail(f"the model describes {len(specs):,} layers; a tinycnn model file holds at most {MAX_LAYERS:,}")
+    nodes = description.get("nodes")
+    if isinstance(nodes, list):
+        links = sum(len(n["inputs"]) for n in nodes if isinstance(n, dict) and isinstance(n.get("inputs"), list))
+        links += len(description["inputs"]) if isinstance(description.get("inputs"), list) else 0
+        if len(nodes) > MAX_NODES or links > MAX_NODES:
+            raise fail(f"the model's graph has {len(nodes):,} layer calls and {links:,} connections; a tinycnn "
+                       f"model file holds at most {MAX_NODES:,} of each")
     if description.get("class_name") == "Sequential":
         input_shape = description.get("input_shape")
-        if not isinstance(input_shape, list) or not 1 <= len(input_shape) <= 8 or not all(
+        if not isinstance(input_shape, list) or not 1 <= len(input_shape) <= MAX_LIST_ITEMS or not all(
                 isinstance(d, int) and not isinstance(d, bool) and 1 <= d < 2**31 for d in input_shape):
-            raise fail(f"the input shape must be a list of 1 to 8 positive ints, found {input_shape!r}")
+            raise fail(f"the input shape must be a list of 1 to {MAX_LIST_ITEMS} positive ints, found "
+                       f"{input_shape!r}")
     return description
 
 
@@ -166,6 +189,10 @@ def _layer_from_spec(spec, i, fail):
     if not isinstance(name, str) or name not in LAYER_CLASSES:
         raise fail(f"layer {i} asks for class {name!r}, which is not a tinycnn layer; refusing to load "
                    f"(allowed: {sorted(LAYER_CLASSES)})")
+    for key, value in spec["config"].items():
+        if isinstance(value, list) and len(value) > MAX_LIST_ITEMS:
+            raise fail(f"layer {i} ({name}) has a list of {len(value):,} items in its setting {key!r}; tinycnn "
+                       f"layers take at most {MAX_LIST_ITEMS}")
     try:
         return LAYER_CLASSES[name].from_config(spec["config"])
     except _BAD_DESCRIPTION as e:
@@ -184,7 +211,7 @@ def _restore_batchnorm(model, batchnorm, fail):
     if not isinstance(batchnorm, dict):
         raise fail("the batch-norm state is not a JSON object")
     for key, bn_state in batchnorm.items():
-        index = int(key) if key.isdigit() and len(key) < 6 else -1
+        index = int(key) if key.isascii() and key.isdigit() and len(key) < 6 else -1
         layer = model.layers[index] if 0 <= index < len(model.layers) else None
         if layer is None or not hasattr(layer, "recalibrated") or not isinstance(bn_state, dict):
             raise fail(f"batch-norm state for layer {key!r} does not match the architecture")
@@ -198,13 +225,19 @@ def _restore_batchnorm(model, batchnorm, fail):
 
 def _compile_from_config(model, compile_config, archive):
     fail = archive.fail
+    if not isinstance(compile_config, dict) or not isinstance(compile_config.get("metrics", []), list):
+        raise fail("the compile settings must be a JSON object whose 'metrics' is a list of names")
+    names = compile_config.get("metrics", [])
+    if len(names) > MAX_METRICS:
+        raise fail(f"the compile settings name {len(names):,} metrics; tinycnn model files hold at most "
+                   f"{MAX_METRICS}")
     try:
         opt_spec, loss_spec = compile_config["optimizer"], compile_config["loss"]
         opt_cls = optimizers_module.OPTIMIZER_CLASSES[opt_spec["class_name"]]
         loss_cls = losses_module.LOSS_CLASSES[loss_spec["class_name"]]
         optimizer = opt_cls(**opt_spec["config"])
         loss = loss_cls(**loss_spec["config"])
-        metrics = [metrics_module.get(m, loss.target_kind) for m in compile_config.get("metrics", [])]
+        metrics = [metrics_module.get(m, loss.target_kind) for m in names]
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     except _BAD_DESCRIPTION as e:
         raise fail(f"the compile settings are invalid or name a class tinycnn does not have: {e!r}") from None
