@@ -245,7 +245,23 @@ def _chunks(lo, hi, step):
         yield n0, min(hi, n0 + step)
 
 
-class Im2col:
+class _Implementation:
+    """What Im2col and Winograd share: the layer they compute for (its weights, gradients, shapes
+    and ``_buffer``), the input kept from forward for backward, and how they print."""
+
+    algorithm = None          # what ``layer.algorithm`` reports
+    applies_epilogue = False  # bias and ReLU inside the output pass (else the layer applies them)
+    pools = False             # 2x2 max pooling inside the output pass (forward_pooled)
+
+    def __init__(self, layer):
+        self.layer = layer
+        self._x = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.layer.name})"
+
+
+class Im2col(_Implementation):
     """Convolution as one matrix product per chunk of images.
 
     Per chunk, with ``cols`` of shape (chunk * OH * OW, KH * KW * C) (one row per output pixel,
@@ -269,18 +285,12 @@ class Im2col:
     """
 
     algorithm = "im2col"
-    applies_epilogue = False  # bias and activation run in the layer, after the product
-    pools = False             # no pooling inside
     kernels = _kernel_sets(im2col=(K.im2col, K.im2col_serial), col2im=(K.col2im, K.col2im_serial),
                            forward_product=np.matmul, weight_product=np.matmul, input_product=np.matmul)
 
     def __init__(self, layer):
-        self.layer = layer
+        super().__init__(layer)
         self.kept_columns = None  # the training batch's columns, kept from forward for backward
-        self._x = None
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.layer.name})"
 
     def chunk_images(self, n):
         """Images per chunk for a batch of ``n``: their columns take about ``COLUMN_CHUNK_BYTES``."""
@@ -393,7 +403,7 @@ class Pointwise(Im2col):
         k.input_product(dz, w2d.T, out=dx_chunk.reshape(-1, w2d.shape[0]))
 
 
-class Winograd:
+class Winograd(_Implementation):
     """Winograd's F(2x2, 3x3) for 3x3 kernels with stride 1 (``kernels/winograd.py``).
 
     The output is cut into 2x2 tiles (a TH x TW grid per image), each computed from a 4x4 input
@@ -426,11 +436,8 @@ class Winograd:
         forward_product=np.matmul, weight_product=np.matmul, input_product=np.matmul)
 
     def __init__(self, layer):
-        self.layer = layer
-        self._x = self._y = self._pooled = None
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.layer.name})"
+        super().__init__(layer)
+        self._y = self._pooled = None  # the output (for a ReLU epilogue's mask), the pooled output
 
     def chunk_images(self, n):
         """Images per chunk for a batch of ``n``: their V and M take about ``WINOGRAD_CHUNK_BYTES``."""
