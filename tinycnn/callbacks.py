@@ -22,10 +22,30 @@ import warnings
 
 import numpy as np
 
+from . import archive, rng
+from .layers.normalization import BatchNormalization
+
 
 class Callback:
+    #: Names of the attributes in which the callback keeps what it has learnt during ``fit`` (a
+    #: patience counter, the best score so far): :meth:`get_state` reads them and
+    #: :class:`BackupAndRestore` saves and restores them. A callback with other state overrides
+    #: :meth:`get_state` and :meth:`set_state`.
+    state_attributes = ()
+
     def __init__(self):
         self.model = None
+
+    def get_state(self):
+        """``{name: value}`` of the :attr:`state_attributes` that are set; plain data (numbers,
+        strings, None, arrays, and lists and str-keyed dicts of them). Not in Keras: it lets
+        ``BackupAndRestore`` resume a run with every callback where it stood."""
+        return {name: getattr(self, name) for name in self.state_attributes if hasattr(self, name)}
+
+    def set_state(self, state):
+        """Put back what :meth:`get_state` returned (called after ``on_train_begin``)."""
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def set_model(self, model):
         self.model = model
@@ -61,6 +81,8 @@ class Callback:
 
 class History(Callback):
     """Records every epoch's logs: ``history.history['loss']``, ``['val_accuracy']``, ...; ``history.epoch``."""
+
+    state_attributes = ("history", "epoch")
 
     def __init__(self):
         super().__init__()
@@ -242,6 +264,8 @@ class EarlyStopping(Callback):
     data) gives one warning per ``fit``, not an error, and nothing is monitored.
     """
 
+    state_attributes = ("best", "wait", "stopped_epoch", "best_epoch", "best_weights", "_warned")
+
     def __init__(self, monitor="val_loss", min_delta=0, patience=0, verbose=0, mode="auto", baseline=None,
                  restore_best_weights=False, start_from_epoch=0):
         super().__init__()
@@ -336,6 +360,8 @@ class ModelCheckpoint(Callback):
     Every save is atomic (a temporary file renamed over the target), so a run interrupted while
     saving still leaves the previous checkpoint intact.
     """
+
+    state_attributes = ("best", "_warned")
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
                  mode="auto", save_freq="epoch", initial_value_threshold=None):
@@ -455,6 +481,8 @@ class ReduceLROnPlateau(Callback):
     before the decision, so ``history.history['learning_rate'][i]`` is the rate epoch ``i`` trained
     with. Put this callback before any callback that should see it (``History`` always runs last).
     """
+
+    state_attributes = ("best", "wait", "cooldown_counter", "_warned")
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto", min_delta=1e-4,
                  cooldown=0, min_lr=0.0):
@@ -648,6 +676,8 @@ class CSVLogger(Callback):
     with one warning).
     """
 
+    state_attributes = ("keys", "_warned")
+
     def __init__(self, filename, separator=",", append=False):
         super().__init__()
         owner = "CSVLogger"
@@ -671,6 +701,24 @@ class CSVLogger(Callback):
         else:
             open(self.filename, "w").close()  # start a new file now: an old log never survives half-mixed
 
+    def get_state(self):
+        """The columns, and the file's bytes so far: a resumed run puts them back, so the log has
+        every row once (``on_train_begin`` has just started a new file, and rows written after the
+        backup was made are dropped, to be written again)."""
+        state = super().get_state()
+        if os.path.exists(self.filename):
+            with open(self.filename, "rb") as f:
+                state["file"] = np.frombuffer(f.read(), dtype=np.uint8)
+        return state
+
+    def set_state(self, state):
+        state = dict(state)
+        content = state.pop("file", None)
+        if content is not None:
+            with open(self.filename, "wb") as f:
+                f.write(np.asarray(content, dtype=np.uint8).tobytes())
+        super().set_state(state)
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         new_file = self.keys is None
@@ -686,6 +734,305 @@ class CSVLogger(Callback):
             if new_file:
                 writer.writerow(["epoch", *self.keys])
             writer.writerow([epoch, *(logs.get(key, "NA") for key in self.keys)])
+
+
+class BackupAndRestore(Callback):
+    """Back up the whole training state regularly, so that a run that was killed resumes where it
+    stood when the same ``fit`` is run again, Keras's ``BackupAndRestore``.
+
+    Parameters
+    ----------
+    backup_dir : str or os.PathLike
+        Folder for the backup (created if missing). Only for this run's backup: two runs sharing
+        it would resume each other.
+    save_freq : 'epoch' or int >= 1, default 'epoch'
+        ``'epoch'``: a backup at the end of every epoch. An int ``N``: also one every ``N`` batches.
+    delete_checkpoint : bool, default True
+        Delete the backup when ``fit`` ends normally (a run that was interrupted keeps it).
+
+    Notes
+    -----
+    **What is saved.** Keras saves the weights and the epoch; tinycnn saves everything that decides
+    what comes next, so that the resumed run ends with weights, history and reports *bit-identical*
+    to a run that was never interrupted (same machine, library versions and thread counts, as
+    README's "Runs repeat"): the weights and batch-norm statistics, each batch-norm layer's update
+    count, the optimizer's state and learning rate, every random generator (tinycnn's root
+    generator, each layer's own one for dropout and augmentation, and ``fit``'s shuffling one), the
+    epoch and batch reached with the epoch's running loss and metrics, ``model.stop_training``, and
+    every callback's :meth:`~Callback.get_state` (the history so far, ``EarlyStopping``'s
+    patience counter, best score and best weights, ``ModelCheckpoint``'s and
+    ``ReduceLROnPlateau``'s best score and counters, ``CSVLogger``'s file). A callback written by
+    the user is restored if it names its state in ``state_attributes``.
+
+    **Resuming.** At ``on_train_begin`` the backup is read (checked as strictly as a model file,
+    see ``tinycnn/archive.py``) and put back; ``fit`` then starts at the saved epoch and, after a
+    backup from the middle of an epoch, draws that epoch's batches again in the same order and
+    trains on the ones not done yet. This callback runs after all others (``fit`` puts it last), so
+    it saves their decisions for the epoch and restores their state after they have reset it.
+
+    **Crashes while saving.** The backup is written to a temporary file and renamed over
+    ``backup.npz`` (see ``tinycnn/archive.py``); the one before it is kept as
+    ``backup.previous.npz``. A backup that cannot be read (truncated, damaged, a disk that was
+    full) is reported with a warning, moved aside to ``backup.damaged.npz``, and the previous one is
+    used; if neither can be read, the run starts over from its first epoch, with a warning. A backup made by a different model (other
+    layers or weight shapes) is refused with a ValueError, and left in place.
+
+    Only this callback's own files are ever deleted in ``backup_dir`` (Keras deletes the whole
+    folder), so nothing else kept there is lost.
+    """
+
+    LATEST = "backup.npz"
+    PREVIOUS = "backup.previous.npz"
+    DAMAGED = "backup.damaged.npz"
+    #: Version of the backup's description.
+    FORMAT_VERSION = 1
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        super().__init__()
+        owner = "BackupAndRestore"
+        self.backup_dir = _check_path(backup_dir, "backup_dir", owner)
+        if os.path.exists(self.backup_dir) and not os.path.isdir(self.backup_dir):
+            raise ValueError(f"BackupAndRestore: invalid value for argument `backup_dir`: {self.backup_dir!r} is a "
+                             f"file; expected a folder (it is created if missing)")
+        if save_freq != "epoch":
+            if isinstance(save_freq, str):
+                raise ValueError(f"BackupAndRestore: invalid value for argument `save_freq`: expected 'epoch' or "
+                                 f"an int >= 1 (batches), received {save_freq!r}")
+            save_freq = _check_int(save_freq, "save_freq", owner, minimum=1)
+        self.save_freq = save_freq
+        self.delete_checkpoint = _check_bool(delete_checkpoint, "delete_checkpoint", owner)
+        self._batches = 0
+
+    def _file(self, name):
+        return os.path.join(self.backup_dir, name)
+
+    # --- when ----------------------------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        for name in os.listdir(self.backup_dir):  # left by a crash in the middle of a save
+            if name.startswith(".tmp-") and name.endswith(".npz"):
+                os.unlink(self._file(name))
+        self._batches = 0
+        backup = self._read_usable()
+        if backup is not None:
+            self._restore(backup)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches += 1
+        # After a stop request the epoch ends at once and its end is backed up instead.
+        if self._batches % self.save_freq == 0 and not self.model.stop_training:
+            loop = self.model._fit_loop
+            self._save(loop["epoch"], loop["batch"], loop["shuffle_state"], mid_epoch=True)
+
+    def wants_batch_metrics(self):
+        return False  # reads the metrics' state, not their results
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._save(epoch + 1, 0, self.model._fit_loop["shuffle_rng"].bit_generator.state, mid_epoch=False)
+
+    def on_train_end(self, logs=None):
+        if not self.delete_checkpoint:
+            return
+        for name in (self.LATEST, self.PREVIOUS, self.DAMAGED):
+            if os.path.exists(self._file(name)):
+                os.unlink(self._file(name))
+        try:
+            os.rmdir(self.backup_dir)  # only if nothing else is in it
+        except OSError:
+            pass
+
+    # --- saving --------------------------------------------------------------------------------
+
+    def _others(self):
+        return [cb for cb in self.model._fit_loop["callbacks"] if not isinstance(cb, BackupAndRestore)]
+
+    def _save(self, epoch, batch, shuffle_state, mid_epoch):
+        model, loop = self.model, self.model._fit_loop
+        optimizer, params = model.optimizer, model._trainable()
+        swapped = optimizer.average_swapped
+        if swapped:  # save the raw weights, and that the averages were in the model
+            optimizer.swap_average_weights(params)
+        try:
+            weights = model.get_weights()
+            keys = {key: str(i) for i, (key, _, _) in enumerate(params)}
+            slots = {}
+            for name, value in optimizer.get_state().items():  # copies: swapping back changes them
+                key, _, slot = name.rpartition("/")
+                slots[f"{keys[key]}/{slot}" if key in keys else name] = np.array(value)
+        finally:
+            if swapped:
+                optimizer.swap_average_weights(params)
+        arrays = {f"weights/{i}": w for i, w in enumerate(weights)}
+        arrays.update({f"optimizer/{name}": value for name, value in slots.items()})
+        callbacks = {}
+        for key, cb in _keyed(self._others()):
+            state = cb.get_state()
+            if state:
+                callbacks[key] = _pack(state, arrays, f"callbacks/{key}", "BackupAndRestore: callback " + key)
+        config = {
+            "backup": self.FORMAT_VERSION,
+            "layers": [type(layer).__name__ for layer in model.layers],
+            "weights": [list(w.shape) for w in weights],
+            "epoch": epoch, "batch": batch,
+            "loss_sum": _pack(loop["loss_sum"] if mid_epoch else 0.0, arrays, "loss_sum", ""),
+            "seen": loop["seen"] if mid_epoch else 0,
+            "shuffle": shuffle_state,
+            "metrics": [_pack(vars(m), arrays, f"metrics/{i}", f"BackupAndRestore: metric {m.name}")
+                        for i, m in enumerate(model.metrics)] if mid_epoch else None,
+            "stop_training": bool(model.stop_training),
+            "rng": rng.get_state(),
+            "generators": {f"{i}/{name}": value.bit_generator.state for i, layer in enumerate(model.layers)
+                           for name, value in vars(layer).items() if isinstance(value, np.random.Generator)},
+            "batchnorm": {str(i): [layer.updates, layer.recalibrated] for i, layer in enumerate(model.layers)
+                          if isinstance(layer, BatchNormalization)},
+            "optimizer": {"learning_rate": None if optimizer.schedule is not None else optimizer.learning_rate,
+                          "averages_in_model": swapped},
+            "callbacks": callbacks,
+        }
+        latest = self._file(self.LATEST)
+        if os.path.exists(latest):
+            os.replace(latest, self._file(self.PREVIOUS))  # keep the last good backup until the new one is in
+        archive.write(latest, config, arrays, where="BackupAndRestore")
+
+    # --- restoring -----------------------------------------------------------------------------
+
+    def _read_usable(self):
+        """The newest backup that reads back whole, decoded (see :meth:`_read`), or None."""
+        found = [self._file(name) for name in (self.LATEST, self.PREVIOUS) if os.path.exists(self._file(name))]
+        for path in found:
+            try:
+                return self._read(path)
+            except archive.ModelFileError as e:
+                # Moved aside, so that the next save does not rotate it over a good one.
+                os.replace(path, self._file(self.DAMAGED))
+                warnings.warn(f"BackupAndRestore: the backup cannot be used (moved to {self.DAMAGED}): {e}",
+                              RuntimeWarning, stacklevel=3)
+        if found:
+            warnings.warn(f"BackupAndRestore: no usable backup in {self.backup_dir!r}; training starts over from "
+                          f"its first epoch", RuntimeWarning, stacklevel=3)
+        return None
+
+    def _read(self, path):
+        """Everything in the backup ``path``, read whole and decoded, so that nothing is changed
+        before the backup is known to be good. A damaged file raises ModelFileError; a backup of
+        another model, ValueError."""
+        model = self.model
+        shapes = [list(w.shape) for w in model.get_weights()]
+        layers = [type(layer).__name__ for layer in model.layers]
+        with archive.ArchiveReader(path) as reader:
+            config = reader.config
+            if config.get("backup") != self.FORMAT_VERSION:
+                raise reader.fail(f"not a backup of BackupAndRestore version {self.FORMAT_VERSION}")
+            if config.get("layers") != layers or config.get("weights") != shapes:
+                raise ValueError(f"BackupAndRestore: the backup {path!r} was made while training another model "
+                                 f"(layers {config.get('layers')}, weight shapes {config.get('weights')}); this "
+                                 f"model has layers {layers}, weight shapes {shapes}. Delete the backup, or pass "
+                                 f"another `backup_dir`")
+            expected = {f"weights/{i}": shape for i, shape in enumerate(shapes)}
+            arrays = {name: reader.read(name, reader.header(name, "biuf", expected.get(name)))
+                      for name in reader.names if name != "__config__"}
+        try:
+            keys = [key for key, _, _ in model._trainable()]
+            slots = {}
+            for name, value in arrays.items():
+                if name.startswith("optimizer/"):
+                    name = name[len("optimizer/"):]
+                    key, _, slot = name.rpartition("/")
+                    slots[f"{keys[int(key)]}/{slot}" if key.isdigit() else name] = value
+            return {
+                "path": path, "config": config, "slots": slots,
+                "weights": [arrays[name] for name in expected],
+                "callbacks": {key: _unpack(state, arrays) for key, state in config["callbacks"].items()},
+                "metrics": None if config["metrics"] is None else [_unpack(m, arrays) for m in config["metrics"]],
+                "loss_sum": _unpack(config["loss_sum"], arrays),
+                "generators": [(model.layers[int(i)], name, state) for i, name, state in
+                               ((*key.split("/", 1), state) for key, state in config["generators"].items())],
+                "batchnorm": [(model.layers[int(i)], int(updates), bool(recalibrated))
+                              for i, (updates, recalibrated) in config["batchnorm"].items()],
+            }
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise archive.ModelFileError(f"{path}: the backup's description is incomplete or inconsistent "
+                                         f"({type(e).__name__}: {e})") from None
+
+    def _restore(self, backup):
+        model, loop, config = self.model, self.model._fit_loop, backup["config"]
+        model.set_weights(backup["weights"])
+        for layer, updates, recalibrated in backup["batchnorm"]:
+            layer.updates, layer.recalibrated = updates, recalibrated
+        for layer, name, state in backup["generators"]:
+            getattr(layer, name).bit_generator.state = state
+        optimizer = model.optimizer
+        optimizer.set_state(backup["slots"])
+        if config["optimizer"]["learning_rate"] is not None:
+            optimizer.learning_rate = config["optimizer"]["learning_rate"]
+        if config["optimizer"]["averages_in_model"]:
+            optimizer.swap_average_weights(model._trainable())
+        rng.set_state(config["rng"])
+        loop["shuffle_rng"].bit_generator.state = config["shuffle"]
+        loop.update(epoch=config["epoch"], batch=config["batch"], loss_sum=backup["loss_sum"], seen=config["seen"],
+                    shuffle_state=config["shuffle"])
+        for m, state in zip(model.metrics, backup["metrics"] or []):
+            vars(m).update(state)
+        saved, unmatched = backup["callbacks"], []
+        for key, cb in _keyed(self._others()):
+            if key in saved:
+                cb.set_state(saved.pop(key))
+            elif cb.get_state():
+                unmatched.append(key)
+        if unmatched or saved:
+            warnings.warn(f"BackupAndRestore: the callbacks differ from those of the run that made the backup: "
+                          f"{', '.join(unmatched + list(saved))} start afresh or are dropped", stacklevel=3)
+        model.stop_training = bool(config["stop_training"])
+        where = (f"epoch {config['epoch'] + 1}, after batch {config['batch']}" if config["batch"]
+                 else f"the start of epoch {config['epoch'] + 1}")
+        print(f"BackupAndRestore: resuming from {backup['path']} at {where}", file=sys.stderr)
+
+
+def _keyed(callbacks):
+    """``('EarlyStopping#0', cb)``: each callback named by its class and its rank among those of its class."""
+    count = {}
+    for cb in callbacks:
+        name = type(cb).__name__
+        count[name] = count.get(name, -1) + 1
+        yield f"{name}#{count[name]}", cb
+
+
+def _pack(value, arrays, name, owner):
+    """``value`` as JSON data for an archive: arrays and NumPy scalars go into ``arrays`` under
+    names built from ``name`` and are referred to as ``{"array": name}``; lists (and tuples) become
+    ``{"list": [...]}`` (a list of Python floats, one float64 array: ``{"floats": name}``), str-keyed
+    dicts ``{"dict": {...}}``. :func:`_unpack` inverts it, keeping
+    every array's dtype and every scalar's type, so restored values are bit for bit the saved ones."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        arrays[name] = np.asarray(value)
+        return {"array": name, "scalar": isinstance(value, np.generic)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(type(v) is float for v in value):
+        arrays[name] = np.array(value, dtype=np.float64)  # a history's column: one array, not long JSON
+        return {"floats": name}
+    if isinstance(value, (list, tuple)):
+        return {"list": [_pack(v, arrays, f"{name}/{i}", owner) for i, v in enumerate(value)]}
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"dict": {k: _pack(v, arrays, f"{name}/{k}", owner) for k, v in value.items()}}
+    raise TypeError(f"{owner}: its state is not plain data: {name.rpartition('/')[2]!r} holds a "
+                    f"{type(value).__name__}; use numbers, strings, None, arrays, and lists and dicts of them")
+
+
+def _unpack(value, arrays):
+    if isinstance(value, dict):
+        if "array" in value:
+            array = arrays[value["array"]]
+            return array[()] if value["scalar"] else array
+        if "floats" in value:
+            return arrays[value["floats"]].tolist()
+        if "list" in value:
+            return [_unpack(v, arrays) for v in value["list"]]
+        return {k: _unpack(v, arrays) for k, v in value["dict"].items()}
+    return value
 
 
 def _format_logs(logs):

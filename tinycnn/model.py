@@ -634,42 +634,64 @@ class Model:
             steps = math.ceil(len(train) / batch_size)
             verbose = 1 if verbose == "auto" else int(verbose)
             self.history = callbacks_module.History()
-            cbs = list(callbacks or []) + [self.history]   # then the progress bar, last, as Keras orders them
-            if verbose:
+            # BackupAndRestore runs after every other callback and History: what it saves at an epoch's
+            # end includes their decisions for that epoch, and what it restores in on_train_begin
+            # replaces the fresh state they have just set themselves.
+            given = list(callbacks or [])
+            backups = [cb for cb in given if isinstance(cb, callbacks_module.BackupAndRestore)]
+            cbs = [cb for cb in given if cb not in backups] + [self.history] + backups
+            if verbose:  # the progress bar last, as Keras orders it
                 cbs.append(callbacks_module.ProgressBar(verbose=verbose, steps=steps, epochs=epochs))
             cbs = _CallbackList(cbs, self)
-            shuffle_rng = rng.generator()
+            # Where the loop stands, for a callback that saves it and resumes from it (BackupAndRestore):
+            # the epoch under way, how many of its batches are done, their loss sum and sample count, and
+            # the shuffle generator's state when the epoch began (resuming draws the epoch's order
+            # again). A callback may move `epoch` and `batch` forward in on_train_begin; fit then
+            # starts there, stepping over the batches already done.
+            self._fit_loop = loop = {"epoch": initial_epoch, "batch": 0, "loss_sum": 0.0, "seen": 0,
+                                     "shuffle_rng": rng.generator(), "shuffle_state": None,
+                                     "callbacks": cbs.callbacks}
             self.stop_training = False
             # Metric results after every batch only when something shows or reads them: an exact AUC
             # re-ranks everything seen so far, so per-batch results would cost O(N log N) per batch.
             batch_metrics = cbs.wants_batch_metrics()
             cbs.dispatch("on_train_begin")
             self._warned_nan = False
-            for epoch in range(initial_epoch, epochs):
+            for epoch in range(loop["epoch"], epochs):
+                if self.stop_training:  # set in the previous epoch, or by a restored backup
+                    break
                 cbs.dispatch("on_epoch_begin", epoch)
-                logs = self._train_epoch(train, batch_size, shuffle, shuffle_rng, cbs, batch_metrics, epoch)
+                logs = self._train_epoch(train, batch_size, shuffle, loop, cbs, batch_metrics, epoch)
                 if validation is not None:
                     cbs.dispatch("on_test_begin")
                     logs.update({f"val_{k}": v for k, v in self._evaluate_batches(validation, batch_size).items()})
                     cbs.dispatch("on_test_end")
                 cbs.dispatch("on_epoch_end", epoch, logs)
-                if self.stop_training:
-                    break
             self.optimizer.finalize_variable_values(self._trainable())
             cbs.dispatch("on_train_end")
             return self.history
 
-    def _train_epoch(self, train, batch_size, shuffle, shuffle_rng, cbs, batch_metrics, epoch):
-        """One pass over ``train``; returns the epoch's logs (mean loss and the metrics)."""
-        loss_sum, seen, logs = 0.0, 0, {}
-        for m in self.metrics:
-            m.reset()
-        for step, batch in enumerate(train.batches(batch_size, shuffle, shuffle_rng)):
+    def _train_epoch(self, train, batch_size, shuffle, loop, cbs, batch_metrics, epoch):
+        """One pass over ``train``; returns the epoch's logs (mean loss and the metrics).
+
+        ``loop`` is fit's record of where training stands (see :meth:`fit`). When it says that
+        ``loop['batch']`` batches of this epoch are already done (a resumed run), the metrics and
+        loss sums are the restored ones, the shuffle generator is back where it was when the epoch
+        began, and those batches are drawn again but not trained on.
+        """
+        if loop["batch"] == 0:  # a fresh epoch
+            loop.update(epoch=epoch, loss_sum=0.0, seen=0, shuffle_state=loop["shuffle_rng"].bit_generator.state)
+            for m in self.metrics:
+                m.reset()
+        done = loop["batch"]
+        for step, batch in enumerate(train.batches(batch_size, shuffle, loop["shuffle_rng"])):
+            if step < done:
+                continue
             value, _ = self.train_step(batch)
-            n = batch[0][0].shape[0]
-            seen += n
-            loss_sum += value * n
-            logs = {"loss": loss_sum / seen}
+            loop["seen"] += batch[0][0].shape[0]
+            loop["loss_sum"] += value * batch[0][0].shape[0]
+            loop["batch"] = step + 1
+            logs = {"loss": loop["loss_sum"] / loop["seen"]}
             if batch_metrics:
                 logs.update({m.name: m.result() for m in self.metrics})
             if not math.isfinite(value) and not self._warned_nan:
@@ -680,8 +702,8 @@ class Model:
             cbs.dispatch("on_train_batch_end", step, logs)
             if self.stop_training:
                 break
-        logs.update({m.name: m.result() for m in self.metrics})
-        return logs
+        loop["batch"] = 0
+        return {"loss": loop["loss_sum"] / loop["seen"], **{m.name: m.result() for m in self.metrics}}
 
     def _split_validation(self, train, validation_split, validation_data):
         if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:

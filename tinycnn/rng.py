@@ -32,3 +32,21 @@ def generator(seed=None):
     if seed is not None:
         return np.random.default_rng(seed)
     return np.random.default_rng(_root.integers(0, 2**63))
+
+
+def get_state():
+    """The root generator's state: a dict of ints and strings (JSON-able), for
+    ``callbacks.BackupAndRestore``. :func:`set_state` puts it back, so that the generators spawned
+    afterwards are the same as in the run that saved it."""
+    return _root.bit_generator.state
+
+
+def set_state(state):
+    """Put back a state from :func:`get_state` (a ValueError if it is not one)."""
+    global _root
+    root = np.random.default_rng()
+    try:
+        root.bit_generator.state = state
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"tinycnn.rng.set_state: not a state from tinycnn.rng.get_state() ({e})") from None
+    _root = root
