@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -259,12 +258,55 @@ def test_backup_does_not_change_training(training, tmp_path):
 
 
 @pytest.mark.parametrize("save_freq", ["epoch", 2, 3])
-def test_every_crash_point_resumes_bit_identical(training, tmp_path, save_freq):
+def test_every_crash_point_resumes_bit_identical(training, tmp_path, save_freq, capsys):
+    """Crashes after the first batch, after an epoch's last batch (before its end is backed up), as
+    an epoch begins, and in the middle of epochs; (epoch, batch) 0-based, 4 batches an epoch."""
     _, module = training
     (tmp_path / "reference").mkdir()
     expected = outcome(*module.train(tmp_path / "reference"), tmp_path / "reference")
     crashes = [(0, 0), (0, 3), (1, None), (1, 1), (2, 2), (4, 3)]
     assert_identical(crash_and_resume(module, tmp_path / "run", crashes, save_freq=save_freq), expected)
+    # Every run after the 3rd crash resumes (earlier ones too when backups are made every few batches).
+    assert capsys.readouterr().err.count("BackupAndRestore: resuming from") >= 4
+
+
+class ArraySource:
+    """A batch source (see tinycnn/batching.py) over arrays, as image_folder is one over a folder."""
+    element_shape, num_classes = (8, 8, 1), 2
+
+    def __init__(self, x, labels):
+        self.x, self.labels = x, labels
+
+    def __len__(self):
+        return len(self.x)
+
+    def iter_batches(self, batch_size, shuffle, seed):
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        for lo in range(0, len(self), batch_size):
+            yield self.x[order[lo:lo + batch_size]], self.labels[order[lo:lo + batch_size]]
+
+
+def test_a_batch_source_resumes_in_the_middle_of_an_epoch(training, tmp_path, capsys):
+    """A source shuffles with a seed fit draws each epoch: the resumed epoch draws it again."""
+    _, module = training
+    x, y = module.data()
+    source = ArraySource(x, y.argmax(axis=1))
+
+    def train(crash=None):
+        model = module.build(metrics=["accuracy"])
+        crashes = [CrashAt(*crash)] if crash else []
+        history = model.fit(source, epochs=3, batch_size=8, verbose=0,
+                            callbacks=crashes + [BackupAndRestore(tmp_path / "backup", save_freq=1)])
+        return model.get_weights(), history.history
+
+    expected = train()
+    with pytest.raises(Crash):
+        train(crash=(1, 2))
+    weights, history = train()
+    assert f"resuming from {tmp_path}/backup/backup.npz at epoch 2, after batch 2" in capsys.readouterr().err
+    assert history == expected[1]
+    for a, b in zip(weights, expected[0]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_resume_after_early_stopping_decided_to_stop(training, tmp_path):
@@ -324,7 +366,8 @@ def test_damaged_backups_fall_back_to_the_previous_one_or_start_over(training, t
                                f"{backup}/backup.npz: ")
     assert found[1].startswith(f"BackupAndRestore: the backup cannot be used (moved to backup.damaged.npz): "
                                f"{backup}/backup.previous.npz: ")
-    assert found[2] == f"BackupAndRestore: no usable backup in {str(backup)!r}; training starts over from its first epoch"
+    assert found[2] == (f"BackupAndRestore: no usable backup in {str(backup)!r}; training starts over from its "
+                        f"first epoch")
     assert not backup.exists()
 
 

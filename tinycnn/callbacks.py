@@ -6,8 +6,9 @@ A callback overrides any of ``on_train_begin``, ``on_epoch_begin``, ``on_train_b
 
 Ready-made, with Keras's names, arguments and defaults: ``History`` (always added by ``fit``),
 ``EarlyStopping``, ``ModelCheckpoint``, ``ReduceLROnPlateau``, ``LearningRateScheduler``,
-``SwapEMAWeights``, ``CSVLogger``, ``TerminateOnNaN``.
-Callbacks run in the order given, then ``History``; all of them receive the same ``logs`` dict
+``SwapEMAWeights``, ``CSVLogger``, ``TerminateOnNaN``, ``BackupAndRestore``.
+Callbacks run in the order given, then ``History``, then ``BackupAndRestore`` (which saves what
+the others keep in ``state_attributes``); all of them receive the same ``logs`` dict
 at the end of an epoch, so a value one callback adds (``ReduceLROnPlateau``'s ``learning_rate``)
 is seen by those after it and recorded in the history.
 """
@@ -774,8 +775,9 @@ class BackupAndRestore(Callback):
     ``backup.npz`` (see ``tinycnn/archive.py``); the one before it is kept as
     ``backup.previous.npz``. A backup that cannot be read (truncated, damaged, a disk that was
     full) is reported with a warning, moved aside to ``backup.damaged.npz``, and the previous one is
-    used; if neither can be read, the run starts over from its first epoch, with a warning. A backup made by a different model (other
-    layers or weight shapes) is refused with a ValueError, and left in place.
+    used; if neither can be read, the run starts over from its first epoch, with a warning. A
+    backup made by a different model (other layers or weight shapes) is refused with a ValueError,
+    and left in place. A failed save (a full disk) raises its OSError: the previous backup is kept.
 
     Only this callback's own files are ever deleted in ``backup_dir`` (Keras deletes the whole
     folder), so nothing else kept there is lost.
@@ -877,7 +879,7 @@ class BackupAndRestore(Callback):
             "layers": [type(layer).__name__ for layer in model.layers],
             "weights": [list(w.shape) for w in weights],
             "epoch": epoch, "batch": batch,
-            "loss_sum": _pack(loop["loss_sum"] if mid_epoch else 0.0, arrays, "loss_sum", ""),
+            "loss_sum": _pack(loop["loss_sum"] if mid_epoch else 0.0, arrays, "loss_sum", "BackupAndRestore"),
             "seen": loop["seen"] if mid_epoch else 0,
             "shuffle": shuffle_state,
             "metrics": [_pack(vars(m), arrays, f"metrics/{i}", f"BackupAndRestore: metric {m.name}")
