@@ -76,11 +76,18 @@ def _functional():
     return model, [np.zeros((2, 6, 6, 1), dtype=np.float32), np.zeros((2, 3), dtype=np.float32)]
 
 
+class _Originals(dict):
+    """``{kind: (file bytes, {entry: bytes}, config)}``, short in hypothesis's failure reports."""
+
+    def __repr__(self):
+        return f"<the good files: {', '.join(self)}>"
+
+
 @pytest.fixture(scope="module")
 def good_files(tmp_path_factory):
-    """``{kind: (file bytes, {entry: bytes}, config)}`` of the two trained models, and a folder."""
+    """A folder, and the :class:`_Originals` of the two trained models."""
     folder = tmp_path_factory.mktemp("file_fuzz")
-    out = {}
+    out = _Originals()
     for kind, build in (("sequential", _sequential), ("functional", _functional)):
         tinycnn.set_seed(0)
         model, x = build()

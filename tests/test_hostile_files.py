@@ -498,6 +498,19 @@ def test_a_batchnorm_key_of_non_ascii_digits(good, tmp_path, key):
     refused(write_zip(tmp_path / "bn.npz", files), f"batch-norm state for layer {key!r} does not match the architecture")
 
 
+def test_a_local_header_flagging_a_name_that_is_not_utf8(good, tmp_path):
+    """Found by fuzzing: a local header with the UTF-8 flag over a name that is not UTF-8 made
+    zipfile raise UnicodeDecodeError, which escaped as itself instead of a ModelFileError."""
+    _, path = good
+    data = bytearray(path.read_bytes())
+    assert data[30:44] == b"__config__.npy"  # the first local header's name
+    struct.pack_into("<H", data, 6, 0x800)  # general purpose flags: the name is UTF-8
+    data[30] = 0x93
+    hostile = tmp_path / "name.npz"
+    hostile.write_bytes(bytes(data))
+    refused(hostile, "the file is truncated or corrupt (UnicodeDecodeError: 'utf-8' codec can't decode byte 0x93")
+
+
 def test_duplicate_entries(good, tmp_path):
     _, path = good
     hostile = tmp_path / "twice.npz"

@@ -177,12 +177,15 @@ class ArchiveReader:
         return self._guard(_read_array, self._zip, self._entries[name], header, self.fail)
 
     def _guard(self, function, *args):
-        """Run a reading step; a damaged archive's low-level errors become one ModelFileError."""
+        """Run a reading step; a damaged archive's low-level errors become one ModelFileError. Our own
+        checks raise ModelFileError; any other ValueError comes from zipfile meeting damage (a local
+        header flagging a UTF-8 name that is not UTF-8 raises UnicodeDecodeError, for one)."""
         try:
             return function(*args)
         except ModelFileError:
             raise
-        except (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError, RuntimeError) as e:
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError, RuntimeError,
+                ValueError) as e:
             raise self.fail(f"the file is truncated or corrupt ({type(e).__name__}: {e})") from None
 
     def __enter__(self):
