@@ -86,8 +86,9 @@ class Step:
 
     def describe(self):
         """``conv2d (Conv2D, winograd) + max_pooling2d (MaxPooling2D, fused)``: how summaries show it."""
-        algorithm = getattr(self.owner, "algorithm", None)
-        text = f"{self.owner.name} ({type(self.owner).__name__}{', ' + algorithm if algorithm else ''})"
+        implementation = getattr(self.layer, "implementation", None)  # a convolution's Im2col, Winograd, ...
+        how = f", {type(implementation).__name__}" if implementation is not None else ""
+        text = f"{self.owner.name} ({type(self.owner).__name__}{how})"
         if self.pool is not None:
             text += f" + {self.pool.name} ({type(self.pool).__name__}, computed inside)"
         return text
