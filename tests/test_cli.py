@@ -263,3 +263,15 @@ def test_cv_reports_folds_and_their_spread(tmp_path, tiny_npz, capsys):
     assert len(report["folds"]) == 3 and 0 <= report["summary"]["roc_auc"]["mean"] <= 1
     assert "3 folds in" in capsys.readouterr().out
     assert main(["cv", "--data", str(tiny_npz), "--folds", "3", "--epochs", "1", "--out", str(out)]) == 2  # a run is there
+
+
+def test_train_refuses_to_ignore_an_interrupted_runs_backup(tmp_path, tiny_npz, capsys):
+    from tinycnn.callbacks import BackupAndRestore
+    out = tmp_path / "run"
+    (out / "backup").mkdir(parents=True)
+    (out / "backup" / BackupAndRestore.LATEST).write_bytes(b"left by a killed run")
+    argv = ["train", "--data", str(tiny_npz), "--epochs", "1", "--out", str(out), "--verbose", "0"]
+    assert main(argv) == 2
+    assert "pass --resume to continue it" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0                      # starts over, and the backup is gone at the end
+    assert not (out / "backup" / BackupAndRestore.LATEST).exists() and (out / "model.npz").exists()

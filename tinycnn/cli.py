@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from .callbacks import RecalibrateBatchNorm
+from .callbacks import BackupAndRestore, RecalibrateBatchNorm
 from .data import train_val_split
 from .models import reference_model, resnet18
 
@@ -299,6 +299,21 @@ def _check_positive(args, *names):
                              f"{getattr(args, name)}")
 
 
+def _backup(args):
+    """``train``'s BackupAndRestore: every epoch's end is backed up in ``--out/backup``, so that an
+    interrupted run continues with ``--resume`` and ends as it would have; deleted when the run ends."""
+    folder = os.path.join(args.out, "backup")
+    names = (BackupAndRestore.LATEST, BackupAndRestore.PREVIOUS, BackupAndRestore.DAMAGED)
+    left = [os.path.join(folder, name) for name in names if os.path.exists(os.path.join(folder, name))]
+    if left and not args.resume:
+        if not args.overwrite:
+            raise ValueError(f"--out {args.out}: an interrupted run left its backup in {folder}; pass --resume to "
+                             f"continue it (the same command and options), or --overwrite to start over")
+        for path in left:
+            os.unlink(path)
+    return BackupAndRestore(folder)
+
+
 def cmd_train(args):
     """Train the reference model on a MedMNIST-style .npz or a folder of class subfolders."""
     import tinycnn
@@ -310,6 +325,7 @@ def cmd_train(args):
     for path, option in ((args.data, "--data"), (args.val_data, "--val-data"), (args.test_data, "--test-data")):
         _existing(path, option)
     _check_out_folder(args.out, args.overwrite)
+    backup = _backup(args)
     tinycnn.set_seed(args.seed)
     train, val, test, names, color, shape, how = _load_training_data(args)
     k = len(names)
@@ -342,7 +358,7 @@ def cmd_train(args):
                         validation_data=None if val is None else val if _is_source(val) else _fit_input(val, k),
                         class_weight=None if args.class_weight == "none" else "balanced", verbose=args.verbose,
                         callbacks=[RecalibrateBatchNorm(_images_for_batchnorm(train, 512, args.seed),
-                                                        max_samples=None)])
+                                                        max_samples=None), backup])
     title = f"Test set ({how['test']}):" if test is not None else \
         f"Validation set ({how['validation']}; no test set given, so these figures are not an independent test):"
     _finish_training(model, train, test if test is not None else val, names, args.out, history, title)
@@ -724,6 +740,10 @@ def build_parser():
                    help="folders without --val-data/--test-data: share held out for the test report "
                         "(default %(default)s)")
     _out_options(p, "train")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out that was interrupted (killed, out of memory, power cut) from its "
+                        "backup in --out/backup, made at every epoch's end; give the same options as the first time: "
+                        "the run ends as it would have without the interruption")
     _training_options(p)
     _report_options(p)
     p.set_defaults(func=cmd_train)
