@@ -15,9 +15,10 @@ inputs and a residual ``Add``. Damage comes in two kinds:
   container and the description itself is tested.
 
 Bounds are on ``load_model`` itself: its time (a timer, not hypothesis's deadline, which would
-also time the first-call compilation of a kernel that a changed dtype or padding needs) and the
-peak of Python's allocations (``tracemalloc``, which NumPy reports its arrays to) while loading
-and predicting. A loaded model predicts two images of zeros when its input is small; a model
+also time the first-call compilation of a kernel that a changed dtype or padding needs; a case
+over the bound is timed again, and fails if slow twice, since the shared test machine stalls at
+times) and the peak of Python's allocations (``tracemalloc``, which NumPy reports its arrays to)
+while loading and predicting. A loaded model predicts two images of zeros when its input is small; a model
 that declares a 40,000 x 40,000 input is valid and loads, but its images are the caller's memory.
 
 The examples are derandomized (the same on every run and machine for a given hypothesis
@@ -106,21 +107,28 @@ def _load_or_refuse(path):
     """Load ``path``: a model that predicts, or a ModelFileError naming the file; within the bounds."""
     tracemalloc.start()
     try:
-        start = time.perf_counter()
-        try:
-            model = tinycnn.load_model(path)
-        except ModelFileError as e:
-            assert str(e).startswith(f"{path}: "), str(e)
-            model = None
-        seconds = time.perf_counter() - start
+        model, seconds = _timed_load(path)
         if model is not None:
             _predicts(model)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+    if seconds >= MAX_SECONDS:  # a stall of the shared machine, or slow input: that is slow twice
+        seconds = min(seconds, _timed_load(path)[1])
     assert seconds < MAX_SECONDS, f"load_model took {seconds:.2f} s"
     assert peak < MAX_BYTES, f"{peak:,} bytes allocated"
     return model
+
+
+def _timed_load(path):
+    """``(model or None if refused, seconds)``."""
+    start = time.perf_counter()
+    try:
+        model = tinycnn.load_model(path)
+    except ModelFileError as e:
+        assert str(e).startswith(f"{path}: "), str(e)
+        model = None
+    return model, time.perf_counter() - start
 
 
 def _predicts(model):
