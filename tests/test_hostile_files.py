@@ -281,6 +281,9 @@ def test_an_oversized_header(good, tmp_path, version, length):
     ("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 3, 1, 2), 'evil': __import__('os')}",
      "has a malformed .npy header"),
     ("[1, 2, 3]", "has a malformed .npy header (ValueError: Header is not a dictionary"),
+    # Found by fuzzing: NumPy's second try at a header that does not parse raised tokenize's TokenError.
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (2,(, }",
+     "has a malformed .npy header (TokenError: ('EOF in multi-line statement'"),
     ("{'descr': [('a', '<f4'), ('b', '<f4')], 'fortran_order': False, 'shape': (3, 3, 1, 2)}",
      "has dtype [('a', '<f4'), ('b', '<f4')]; expected plain numbers of kind bool, int or float"),
     ("{'descr': '<c8', 'fortran_order': False, 'shape': (3, 3, 1, 2)}",

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import tempfile
+import tokenize
 import zipfile
 import zlib
 
@@ -264,7 +265,9 @@ def _array_header(archive, info, what, fail, kinds, shape=None):
     read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
     try:
         found, fortran, dtype = read_header(io.BytesIO(length_field + header), max_header_size=MAX_HEADER_BYTES)
-    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as e:
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError, tokenize.TokenError) as e:
+        # TokenError: NumPy retries a header that does not parse through tokenize (for headers
+        # written by Python 2), which raises it on unbalanced brackets.
         raise fail(f"entry '{what}' has a malformed .npy header ({type(e).__name__}: {e})") from None
     if dtype.hasobject:
         raise fail(f"entry '{what}' holds Python objects (a pickled object array); a tinycnn model file holds "
