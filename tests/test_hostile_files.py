@@ -498,7 +498,8 @@ def test_a_batchnorm_key_of_non_ascii_digits(good, tmp_path, key):
     config = config_of(files)
     config["batchnorm"] = {key: {"updates": 1, "recalibrated": False}}
     set_config(files, config)
-    refused(write_zip(tmp_path / "bn.npz", files), f"batch-norm state for layer {key!r} does not match the architecture")
+    refused(write_zip(tmp_path / "bn.npz", files),
+            f"batch-norm state for layer {key!r} does not match the architecture")
 
 
 def test_a_local_header_flagging_a_name_that_is_not_utf8(good, tmp_path):
