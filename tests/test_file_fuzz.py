@@ -247,7 +247,7 @@ def changed_config(draw, config):
         elif change == "repeat" and isinstance(old, list) and old:
             parent[key] = old * draw(st.sampled_from([2, 3, 1000]))
         else:
-            parent[key] = draw(_ANY_JSON)
+            parent[key] = copy.deepcopy(draw(_ANY_JSON))  # later changes must not edit the strategy's own values
     return config
 
 

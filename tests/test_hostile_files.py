@@ -489,6 +489,23 @@ def test_too_many_metrics_are_refused(good, tmp_path):
             "the compile settings must be a JSON object whose 'metrics' is a list of names")
 
 
+def test_a_batchnorm_update_count_beyond_int64(good, tmp_path):
+    """Found by fuzzing: 'updates': 10**100 loaded, then predict raised OverflowError computing
+    momentum ** updates (how much the initial statistics still weigh)."""
+    _, path = good
+    files = entries(path)
+    config = config_of(files)
+    config["batchnorm"]["1"]["updates"] = 10**100
+    set_config(files, config)
+    refused(write_zip(tmp_path / "updates.npz", files),
+            f"batch-norm state for layer '1' must be {{'updates': int in [0, 2**63), 'recalibrated': bool}}, found "
+            f"{{'updates': {10**100}, 'recalibrated': False}}")
+    config["batchnorm"]["1"]["updates"] = 2**63 - 1
+    set_config(files, config)
+    loaded = tinycnn.load_model(write_zip(tmp_path / "many.npz", files))
+    assert loaded.layers[1].updates == 2**63 - 1 and loaded.predict(X).shape == (4, 2)
+
+
 @pytest.mark.parametrize("key", ["\u00b2", "1\u2070", "\u0661"])
 def test_a_batchnorm_key_of_non_ascii_digits(good, tmp_path, key):
     """Found by fuzzing: '\u00b2'.isdigit() is True but int('\u00b2') raises, so the key escaped as a

@@ -216,10 +216,11 @@ def _restore_batchnorm(model, batchnorm, fail):
         if layer is None or not hasattr(layer, "recalibrated") or not isinstance(bn_state, dict):
             raise fail(f"batch-norm state for layer {key!r} does not match the architecture")
         updates, recalibrated = bn_state.get("updates", 0), bn_state.get("recalibrated", False)
-        if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0 \
+        # A count of training steps: within int64 (a larger one overflowed momentum ** updates in predict).
+        if isinstance(updates, bool) or not isinstance(updates, int) or not 0 <= updates < 2**63 \
                 or not isinstance(recalibrated, bool):
-            raise fail(f"batch-norm state for layer {key!r} must be {{'updates': int >= 0, 'recalibrated': bool}}, "
-                       f"found {bn_state!r}")
+            raise fail(f"batch-norm state for layer {key!r} must be {{'updates': int in [0, 2**63), 'recalibrated': "
+                       f"bool}}, found {bn_state!r}")
         layer.updates, layer.recalibrated = updates, recalibrated
 
 
