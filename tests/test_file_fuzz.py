@@ -4,7 +4,7 @@ more than a second or allocates more than 100 MB.
 
 The two files are small trained models, compiled so that the file holds optimizer state too: a
 ``Sequential`` (convolution, batch norm, pooling, dense) and a functional ``Model`` with two
-inputs and a residual ``Add``. Damage comes in two kinds:
+inputs and a residual ``Add``. Damage comes in three kinds:
 
 * **bytes**: 1 to 4 of flipping a bit, overwriting a byte, inserting or deleting a few bytes, or
   cutting the file short, at any place or close to a zip or ``.npy`` header (where a change
@@ -20,8 +20,9 @@ Bounds are on ``load_model`` itself: its time (a timer, not hypothesis's deadlin
 also time the first-call compilation of a kernel that a changed dtype or padding needs; a case
 over the bound is timed again, and fails if slow twice, since the shared test machine stalls at
 times) and the peak of Python's allocations (``tracemalloc``, which NumPy reports its arrays to)
-while loading and predicting. A loaded model predicts two images of zeros when its input is small; a model
-that declares a 40,000 x 40,000 input is valid and loads, but its images are the caller's memory.
+while loading and predicting. A loaded model predicts two images of zeros when its input is
+small; a model that declares a 40,000 x 40,000 input is valid and loads, but its images are the
+caller's memory.
 
 The examples are derandomized (the same on every run and machine for a given hypothesis
 version, no example database): 125 per test and model, 750 cases in all, about 10 s. A longer
@@ -99,7 +100,8 @@ def good_files(tmp_path_factory):
         model.save(path)
         with zipfile.ZipFile(path) as z:
             files = {name: z.read(name) for name in z.namelist()}
-        config = json.loads(np.load(path)["__config__"].tobytes())
+        with np.load(path) as saved:
+            config = json.loads(saved["__config__"].tobytes())
         out[kind] = (path.read_bytes(), files, config)
         _load_or_refuse(path)  # kernels loaded from Numba's cache before anything is timed
     return folder, out
