@@ -1090,7 +1090,8 @@ class Sequential(Model):
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add: expected a tinycnn layer instance, received {layer!r}"
                             + (" (a class: did you forget the parentheses?)" if isinstance(layer, type) else ""))
-        if any(existing.name == layer.name for existing in self.layers):
+        names = self.__dict__.setdefault("_layer_names", set())
+        if layer.name in names:
             raise ValueError(f"Sequential.add: the model already has a layer named '{layer.name}'")
         if self.layers and layer.input_shape_arg is not None:
             raise ValueError(f"{layer.describe()}: `input_shape` is only meaningful on the first layer")
@@ -1098,6 +1099,7 @@ class Sequential(Model):
             raise ValueError(f"{layer.describe()} joins several inputs, which a Sequential model never has; "
                              f"use the functional API (tinycnn.Model)")
         self.layers.append(layer)
+        names.add(layer.name)
         self._unbuild()
 
     def _unbuild(self):
