@@ -101,14 +101,12 @@ class Multiply(_Merge):
         return grads
 
 
-class Average(_Merge):
-    """``y = (x_1 + ... + x_k) / k``. Backward: every input receives ``dy / k``."""
+class Average(Add):
+    """``y = (x_1 + ... + x_k) / k``: the sum of :class:`Add`, scaled. Backward: every input
+    receives ``dy / k``."""
 
     def forward(self, xs, training=False):
-        y = self._buffer("y", xs[0].shape)
-        np.add(xs[0], xs[1], out=y)
-        for x in xs[2:]:
-            y += x
+        y = super().forward(xs, training)
         y *= 1.0 / len(xs)
         return y
 
