@@ -7,7 +7,6 @@ import pathlib
 import re
 
 import numpy as np
-import pytest
 from PIL import Image
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"

@@ -219,7 +219,7 @@ def test_training_one_model_from_two_threads_is_refused():
     gen = np.random.default_rng(3)
     x = gen.random((8, 8, 8, 3), dtype=np.float32)
     y = tinycnn.to_categorical(gen.integers(0, 3, 8), 3)
-    started, release, errors = threading.Event(), threading.Event(), []
+    started, release = threading.Event(), threading.Event()
 
     class Pause(tinycnn.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):

@@ -39,7 +39,9 @@ from .archive import MAX_COMPRESSION_RATIO, MAX_CONFIG_BYTES, MAX_HEADER_BYTES, 
 from .layers import LAYER_CLASSES
 from .model import model_from_config
 
-__all__ = ["save_model", "load_model", "ModelFileError"]
+# The archive's limits are re-exported here, where 0.1 defined them.
+__all__ = ["save_model", "load_model", "ModelFileError", "MAX_CONFIG_BYTES", "MAX_HEADER_BYTES",
+           "MAX_COMPRESSION_RATIO"]
 
 #: Format versions :func:`load_model` reads.
 VERSIONS = (1, 2)

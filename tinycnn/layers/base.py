@@ -34,7 +34,7 @@ from .. import rng
 from .._threads import compute_lock
 from ..kernels import conv as conv_kernels
 from ..kernels._util import column_sums
-from .node import Node, SymbolicTensor, is_symbolic
+from .node import Node, is_symbolic
 
 _name_counts = defaultdict(int)
 _name_lock = threading.Lock()
