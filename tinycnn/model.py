@@ -1018,6 +1018,20 @@ class Model:
             arrays.update({f"optimizer/{key}": value for key, value in self.optimizer.get_state().items()})
         archive.write(filepath, config, arrays)
 
+    def export(self, filepath, format="onnx", channels_first=False, opset=None):
+        """Write the inference graph to ``filepath`` for other engines (Keras 3's ``Model.export``).
+
+        Only ``format='onnx'`` exists (Keras also knows TensorFlow's SavedModel, which has no place
+        here). The file takes NHWC images like ``predict`` (a Transpose in front of the first
+        convolution) unless ``channels_first=True``; the batch dimension is free. Needs the optional
+        ``onnx`` package (``pip install "tinycnn[onnx]"``). See ``tinycnn/onnx_export.py``.
+        """
+        if format != "onnx":
+            raise ValueError(f"Model.export: format must be 'onnx' (the only format tinycnn writes); got {format!r}")
+        self._require_built("export")
+        from .onnx_export import export_onnx  # the optional onnx package is imported only here
+        return export_onnx(self, filepath, channels_first=channels_first, opset=opset)
+
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r} layers={len(self.layers)} built={self.built}>"
 
