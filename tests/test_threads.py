@@ -284,3 +284,79 @@ def test_load_model_from_eight_threads_at_once(tmp_path):
     outputs = _hammer([lambda: tinycnn.load_model(path).predict(x) for _ in range(16)], 8)
     for out in outputs:
         np.testing.assert_array_equal(out, expected)
+
+
+# --- tinycnn's own parallel sums at 1, 2, 3 and 4 threads ---------------------------------------------
+
+_THREAD_COUNT_SCRIPT = r"""
+import sys
+import numba, numpy as np
+import tinycnn
+from tinycnn.kernels import normalization as N
+from tinycnn.kernels._util import column_sums
+from tinycnn.layers import BatchNormalization
+
+@numba.njit(parallel=True)
+def workers(n):
+    # which of Numba's threads ran each iteration of a prange
+    out = np.empty(n, np.int64)
+    for i in numba.prange(n):
+        out[i] = numba.get_thread_id()
+    return out
+
+@numba.njit(parallel=True)
+def naive_sum(x):
+    # a parallel sum without fixed blocks: each thread adds its own share, so the order of the
+    # additions follows the thread count
+    s = np.float32(0)
+    for i in numba.prange(x.shape[0]):
+        s += x[i]
+    return s
+
+gen = np.random.default_rng(0)
+x = (3 + gen.standard_normal((10007, 5))).astype(np.float32)
+dy = gen.standard_normal((10007, 5)).astype(np.float32)
+images = gen.standard_normal((16, 9, 9, 5)).astype(np.float32)
+d_images = gen.standard_normal((16, 9, 9, 5)).astype(np.float32)
+arrays = {}
+for t in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+    numba.set_num_threads(t)
+    mean, var = N.moments(x)
+    bn = BatchNormalization()
+    bn.build(images.shape[1:])
+    out = bn.forward(images, training=True).copy()
+    arrays.update({f"{t}/workers": np.unique(workers(64)), f"{t}/naive_sum": np.array(naive_sum(x[:, 0])),
+                   f"{t}/column_sums": column_sums(x), f"{t}/moments": np.stack([mean, var]),
+                   f"{t}/backward_sums": np.stack(N.backward_sums(dy, x, mean)),
+                   f"{t}/batch_norm_output": out, f"{t}/batch_norm_dx": bn.backward(d_images).copy(),
+                   f"{t}/batch_norm_moving": np.stack([bn.state["moving_mean"], bn.state["moving_variance"]]),
+                   f"{t}/batch_norm_grads": np.stack([bn.grads["gamma"], bn.grads["beta"]])})
+np.savez(sys.argv[1], **arrays)
+"""
+
+
+def test_parallel_sums_are_the_same_at_any_thread_count(tmp_path):
+    """Batch-norm statistics and gradients and bias gradients (``column_sums``) add in fixed
+    blocks, so 1, 2, 3 and 4 threads give the same bits (README, "Runs repeat").
+
+    In a child process with ``NUMBA_NUM_THREADS=4``, which Numba honours on any machine (threads
+    take turns on fewer cores), so the comparison never degenerates into 1 thread against itself.
+    Two controls keep it honest: at ``t`` threads, ``t`` different threads run a prange's
+    iterations; and a parallel sum without fixed blocks, compared the same way, does change."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "sums.npz"
+    env = dict(os.environ, NUMBA_NUM_THREADS="4", PYTHONWARNINGS="ignore")
+    done = subprocess.run([sys.executable, "-c", _THREAD_COUNT_SCRIPT, str(out)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out) as saved:
+        arrays = dict(saved)
+    names = {key.split("/", 1)[1] for key in arrays} - {"workers", "naive_sum"}
+    assert len(names) == 7
+    for t in (2, 3, 4):
+        np.testing.assert_array_equal(arrays[f"{t}/workers"], np.arange(t))
+        for name in names:
+            assert np.array_equal(arrays[f"{t}/{name}"], arrays[f"1/{name}"]), (name, t)
+    assert any(arrays[f"{t}/naive_sum"] != arrays["1/naive_sum"] for t in (2, 3, 4))
