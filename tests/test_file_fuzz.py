@@ -22,7 +22,7 @@ over the bound is timed again, and fails if slow twice, since the shared test ma
 times) and the peak of Python's allocations (``tracemalloc``, which NumPy reports its arrays to)
 while loading and predicting. A loaded model predicts two images of zeros when its input is
 small; a model that declares a 40,000 x 40,000 input is valid and loads, but its images are the
-caller's memory.
+caller's memory. ``test_the_memory_bound_sees_numpy_arrays`` shows that the memory check can fail.
 
 The examples are derandomized (the same on every run and machine for a given hypothesis
 version, no example database): 125 per test and model, 750 cases in all, about 10 s. A longer
@@ -299,3 +299,18 @@ def test_the_good_files_load_and_predict(good_files):
             for i, layer in enumerate(model.layers):
                 for name, value in zip(layer.weight_names, layer.get_weights()):
                     np.testing.assert_array_equal(value, saved[f"layers/{i}/{name}"])
+
+
+def test_the_memory_bound_sees_numpy_arrays(good_files, monkeypatch):
+    """The bound is not vacuous: a load that allocates an array over ``MAX_BYTES`` (as a trusted
+    header announcing a huge shape would make it) fails the check every fuzz case goes through."""
+    folder, _ = good_files
+    real_load = tinycnn.load_model
+
+    def greedy_load(path):
+        np.empty(MAX_BYTES + 1, dtype=np.uint8)  # reserved, never written: costs no real memory or time
+        return real_load(path)
+
+    monkeypatch.setattr(tinycnn, "load_model", greedy_load)
+    with pytest.raises(AssertionError, match="bytes allocated"):
+        _load_or_refuse(folder / "sequential.npz")
