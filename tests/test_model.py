@@ -481,3 +481,20 @@ def test_fit_and_evaluate_match_a_folder_to_the_models_class_names(tmp_path):
     assert model.evaluate(mapped, verbose=0, return_dict=True)["accuracy"] == 1.0
     same_names = folder(tmp_path / "lower", {"uninfected": 0, "parasitized": 255})  # matched, case aside
     assert model.evaluate(same_names, verbose=0, return_dict=True)["accuracy"] == 1.0
+
+
+def test_public_calls_return_copies_that_the_next_call_leaves_alone():
+    """Layers reuse their output buffers from one call to the next (``Layer._buffer``); what
+    ``predict``, ``model(x)`` and ``layer(x)`` return is the caller's own (README, "How it works")."""
+    model = small_model()
+    model.compile(loss="categorical_crossentropy")
+    x1, _ = random_data(4, (6, 5, 2), 3, seed=1)
+    x2, _ = random_data(4, (6, 5, 2), 3, seed=2)
+    conv = model.layers[0]
+    for name, call in [("predict", model.predict), ("model(x)", model), ("layer(x)", conv),
+                       ("layer(x, training=True)", lambda x: conv(x, training=True))]:
+        first = call(x1)
+        kept = np.array(first, copy=True)
+        second = call(x2)
+        assert not np.array_equal(np.asarray(second), kept), name  # the second call computed something else
+        assert np.array_equal(np.asarray(first), kept), f"{name}: the next call overwrote the first result"
