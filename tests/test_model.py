@@ -498,3 +498,25 @@ def test_public_calls_return_copies_that_the_next_call_leaves_alone():
         second = call(x2)
         assert not np.array_equal(np.asarray(second), kept), name  # the second call computed something else
         assert np.array_equal(np.asarray(first), kept), f"{name}: the next call overwrote the first result"
+
+
+def test_defaults_are_keras():
+    """README's list of Keras defaults: padding 'valid', glorot-uniform kernels, zero biases, batch
+    norm momentum 0.99 and epsilon 1e-3, Adam 1e-3 / 0.9 / 0.999 / 1e-7, compile's 'rmsprop'."""
+    conv, dense, bn = Conv2D(8, 3), Dense(5), BatchNormalization()
+    assert conv.get_config()["padding"] == "valid"
+    assert (bn.get_config()["momentum"], bn.get_config()["epsilon"]) == (0.99, 1e-3)
+    adam = optimizers.get("adam").get_config()
+    assert (adam["learning_rate"], adam["beta_1"], adam["beta_2"], adam["epsilon"]) == (1e-3, 0.9, 0.999, 1e-7)
+    conv.build((6, 6, 4))
+    dense.build((20,))
+    for layer, fan_in, fan_out in [(conv, 3 * 3 * 4, 3 * 3 * 8), (dense, 20, 5)]:
+        config = layer.get_config()
+        assert (config["kernel_initializer"], config["bias_initializer"]) == ("glorot_uniform", "zeros")
+        kernel = layer.params["kernel"]
+        limit = np.sqrt(6 / (fan_in + fan_out))
+        assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.8 * limit  # uniform on [-limit, limit]
+        np.testing.assert_array_equal(layer.params["bias"], 0)
+    model = Sequential([Dense(2, input_shape=(3,))])
+    model.compile(loss="categorical_crossentropy")
+    assert isinstance(model.optimizer, optimizers.RMSprop)
