@@ -214,6 +214,27 @@ def test_serving_one_model_while_another_trains_in_a_thread():
         np.testing.assert_array_equal(a, b)
 
 
+def test_two_models_trained_in_two_threads_end_as_if_trained_alone():
+    # README, Threads: two models trained from two threads take turns step by step under the lock,
+    # and each ends with the weights and history it has when trained alone. (No shuffling: each
+    # fit would draw its shuffling generator from the one global seed, in whichever order the two
+    # threads start.)
+    gen = np.random.default_rng(6)
+    x = gen.random((16, 8, 8, 3), dtype=np.float32)
+    y = tinycnn.to_categorical(gen.integers(0, 3, 16), 3)
+
+    def train(model):
+        history = model.fit(x, y, epochs=2, batch_size=4, shuffle=False, verbose=0)
+        return history.history, model.get_weights()
+
+    alone = [train(_small_model(seed)) for seed in (1, 2)]
+    together = _hammer([lambda m=_small_model(seed): train(m) for seed in (1, 2)], 2)
+    for (history, weights), (history_alone, weights_alone) in zip(together, alone):
+        assert history == history_alone
+        for a, b in zip(weights, weights_alone):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_training_one_model_from_two_threads_is_refused():
     model = _small_model(0)
     gen = np.random.default_rng(3)
