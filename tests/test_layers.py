@@ -1,12 +1,12 @@
 """Every layer through the one harness (see conftest.run_layer_test): shape, forward against the
-reference twin, float32 against float64, all gradients by finite differences inside a stack, and a
-save/load round trip."""
+reference twin, float32 output and gradients against float64's (random layers in training mode, with
+the same draws), all gradients by finite differences inside a stack, and a save/load round trip."""
 import numpy as np
 import pytest
 
 from tinycnn.kernels import reference as R
 from tinycnn.layers import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, Flatten,
-                            GlobalAveragePooling2D, MaxPooling2D, ReLU, Softmax)
+                            GlobalAveragePooling2D, InputLayer, MaxPooling2D, ReLU, Softmax)
 
 
 def _conv_ref(x, layer):
@@ -145,7 +145,9 @@ def test_max_pooling(check_layer, pool, strides, padding, input_shape):
     st = (strides, strides) if isinstance(strides, int) else (strides or pool)
     oh, _ = R.conv_output_length(input_shape[0], pool[0], st[0], padding)
     ow, _ = R.conv_output_length(input_shape[1], pool[1], st[1], padding)
-    # Distinct, well-separated values: finite differences must not flip which element is the max.
+    # Distinct values 0.1 apart. Given x, the harness's 1x1 layer in front starts as the identity, so these are
+    # the pooling layer's inputs, and a finite-difference step (1e-6 on x, or on that layer's weights,
+    # which moves an input by at most 1e-6 * max|x| = 2e-5) never changes which element is a max.
     gen = np.random.default_rng(3)
     n = 2 * int(np.prod(input_shape))
     x = (gen.permutation(n).reshape((2,) + input_shape) * 0.1).astype(np.float64)
@@ -212,13 +214,24 @@ def test_softmax_layer(check_layer):
     check_layer(lambda dt: Softmax(dtype=dt), (2, 5), (2, 5), lambda x, l: R.softmax(x))
 
 
+def test_input_layer(check_layer):
+    # The identity on data; through the harness for its shape, dtype and save/load round trip.
+    check_layer(lambda dt: InputLayer(shape=(3, 4), dtype=dt), (3, 4), (3, 4), lambda x, l: x)
+
+
 def test_flatten(check_layer):
     check_layer(lambda dt: Flatten(dtype=dt), (3, 2, 4), (24,), lambda x, l: x.reshape(x.shape[0], -1))
 
 
+def _dropout_ref(x, layer):
+    # The harness put the generator back in the state the forward pass started from: replay its draws.
+    u = layer.generator.random(x.size, dtype=layer.dtype)
+    return R.dropout(x.reshape(-1), u, layer.rate)[0].reshape(x.shape)
+
+
 def test_dropout_training_fixed_mask(check_layer):
     # The gradient check replays the layer's generator before each evaluation, so the mask is fixed.
-    check_layer(lambda dt: Dropout(0.4, seed=7, dtype=dt), (4, 3, 2), (4, 3, 2), None, batch_size=3)
+    check_layer(lambda dt: Dropout(0.4, seed=7, dtype=dt), (4, 3, 2), (4, 3, 2), _dropout_ref, batch_size=3)
 
 
 def test_dropout_is_inverted_and_matches_reference():

@@ -1,0 +1,204 @@
+"""Every route a convolution can take, checked by finite differences, with the route asserted.
+
+A Conv2D runs one of three implementations (``tinycnn/layers/conv.py``): Im2col (its columns kept
+from forward for backward, or rebuilt), Pointwise (1x1) or Winograd (bias and ReLU inside the
+output transform, any other activation after it). The plan (``tinycnn/graph.py``) may compute a
+following 2x2 max pooling inside a Winograd convolution (``forward_pooled``), and every
+implementation may split the batch over threads (serial kernels, ``tinycnn/_threads.py``). Each
+route is a different piece of code, so each gets its own gradient check:
+
+* ``test_every_route_matches_finite_differences``: ``check_model`` (float64, central differences,
+  the loss included) on a small network whose convolution takes the route. A 1x1 convolution in
+  front has a weight gradient that depends on the tested layer's input gradient, so a wrong input
+  adjoint fails too. The route is asserted inside the test, from the implementation's class, the
+  kernels it called (shadowed on the instance, the profiler's seam) and the plan's steps.
+* ``test_float32_gradients_agree_with_float64``: at layer level, every output and gradient of a
+  float32 layer against the same layer in float64 (the reference), with a tolerance per route.
+  The worst errors are printed at the end of the run; README's accuracy table quotes them.
+"""
+from types import SimpleNamespace
+from typing import NamedTuple, Optional
+
+import numba
+import numpy as np
+import pytest
+
+from conftest import GRAD_TOL, record_float32_error
+from tinycnn import _threads
+from tinycnn.gradcheck import check_model, relative_error
+from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
+from tinycnn.layers import conv
+from tinycnn.layers.conv import Im2col, Pointwise, Winograd
+from tinycnn.models import Sequential
+
+WINOGRAD_ACTIVATIONS = ["linear", "relu", "tanh", "sigmoid", "softmax"]
+
+
+class Route(NamedTuple):
+    """How to make a Conv2D take one route, and what must then run."""
+    conv: dict                   # Conv2D arguments
+    algorithm: Optional[str]     # forced after build, or None: the automatic choice
+    implementation: type         # the class that must run
+    pooled: bool = False         # the plan computes the 2x2 max pooling after it inside it
+    keep: Optional[bool] = None  # Im2col: columns kept from forward (True) or rebuilt (False)
+    channels: int = 16           # input channels: 16 is Winograd's threshold (WINOGRAD_MIN_CHANNELS)
+
+
+_3x3 = dict(kernel_size=3, padding="same")
+ROUTES = {
+    "im2col, kept columns": Route(dict(_3x3, activation="relu"), "im2col", Im2col, keep=True),
+    "im2col, rebuilt columns": Route(dict(_3x3, activation="relu"), "im2col", Im2col, keep=False),
+    "im2col, stride 2": Route(dict(_3x3, strides=2, activation="relu"), None, Im2col, keep=True),
+    "pointwise": Route(dict(kernel_size=1, activation="relu"), None, Pointwise),
+    **{f"winograd, {a}": Route(dict(_3x3, activation=a), None, Winograd) for a in WINOGRAD_ACTIVATIONS},
+    "winograd forced, 4 channels": Route(_3x3, "winograd", Winograd, channels=4),
+    "winograd + max pool, relu": Route(dict(_3x3, activation="relu"), None, Winograd, pooled=True),
+    "winograd + max pool, linear, no bias": Route(dict(_3x3, use_bias=False), None, Winograd, pooled=True),
+}
+
+
+@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
+def threads(request, monkeypatch):
+    """Set tinycnn's thread count (``_threads.thread_count`` is Numba's, ``numba.set_num_threads``).
+    On a machine with fewer cores than asked, Numba refuses more threads than it started with; the
+    split then still runs (its slices are Python threads) by overriding ``thread_count`` itself."""
+    n = request.param
+    if n <= numba.config.NUMBA_NUM_THREADS:
+        before = numba.get_num_threads()
+        numba.set_num_threads(n)
+        request.addfinalizer(lambda: numba.set_num_threads(before))
+    else:
+        monkeypatch.setattr(_threads, "thread_count", lambda: n)
+    assert _threads.thread_count() == n
+    return n
+
+
+def record_kernel_calls(layer):
+    """Shadow the implementation's kernels on the instance (as ``bench/bench_layers.py`` does) so
+    that every call is recorded as ``(role, serial)``; returns the set that fills up."""
+    calls = set()
+    implementation = layer.implementation
+
+    def recorded(role, serial, fn):
+        def call(*args, **kwargs):
+            calls.add((role, serial))
+            return fn(*args, **kwargs)
+        return call
+
+    implementation.kernels = {serial: SimpleNamespace(**{role: recorded(role, serial, fn) for role, fn in
+                                                         vars(kernels).items()})
+                              for serial, kernels in type(implementation).kernels.items()}
+    return calls
+
+
+def _build_route(route, dtype, monkeypatch, filters=8, size=(6, 5), channels=None):
+    """The Conv2D of ``route``, built on (H, W, channels) and running the route's implementation."""
+    r = ROUTES[route]
+    if r.keep is False:  # columns rebuilt in backward, as for a layer whose columns are large
+        monkeypatch.setattr(conv, "KEEP_COLUMNS_BYTES", 0)
+    layer = Conv2D(filters, dtype=dtype, name="tested", **r.conv)
+    layer.build(size + (channels if channels and r.channels >= 16 else r.channels,))
+    if r.algorithm is not None:
+        layer.algorithm = r.algorithm
+    assert type(layer.implementation) is r.implementation
+    return layer
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_every_route_matches_finite_differences(threads, monkeypatch, route):
+    r = ROUTES[route]
+    # Even output sides where the pooling is to be computed inside the convolution, odd ones
+    # elsewhere, so that Winograd's edge tiles (half outside the output) take part.
+    size = (6, 6) if r.pooled else (6, 5)
+    tested = _build_route(route, "float64", monkeypatch, size=size)
+    front = Conv2D(tested.input_shape[2], 1, dtype="float64", name="front", input_shape=size + (3,))
+    layers = [front, tested] + ([MaxPooling2D(2, dtype="float64")] if r.pooled else [])
+    model = Sequential(layers + [Flatten(dtype="float64"), Dense(3, activation="softmax", dtype="float64")])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    assert type(tested.implementation) is r.implementation  # the model kept the route set above
+    calls = record_kernel_calls(tested)
+    gen = np.random.default_rng(0)
+    for layer in model.layers:  # weights of both signs everywhere, biases included
+        layer.set_weights([gen.uniform(-1, 1, w.shape) for w in layer.get_weights()])
+    x = gen.standard_normal((4,) + size + (3,))
+    y = np.eye(3)[gen.integers(0, 3, 4)]
+
+    check_model(model, x, y, entries_per_weight=40).assert_close(GRAD_TOL)
+
+    # The route: the plan's steps, the kernels that ran, the batch split.
+    fused = [step for step in model.plan.steps if step.pool is not None]
+    assert [step.layer for step in fused] == ([tested] if r.pooled else []), model.plan.describe()
+    # 2 threads: the batch split, whose slices run the serial kernels (Winograd's kernel transform
+    # and its adjoint act on the weights, outside the split, the same either way)
+    per_slice = {s for role, s in calls if role not in ("kernel_transform", "kernel_adjoint")}
+    assert per_slice == {threads > 1}, calls
+    roles = {role for role, _ in calls}
+    if r.implementation is Winograd:
+        transform, adjoint = ("output_transform_pool", "output_pool_adjoint") if r.pooled else \
+            ("output_transform", "output_adjoint")
+        assert {"input_transform", transform, adjoint, "input_adjoint", "kernel_adjoint"} <= roles
+        assert not {"output_transform", "output_transform_pool"} - {transform} & roles
+        inside = tested.activation.name in ("relu", "linear")  # else the layer applies it after the transform
+        assert (tested._implementation_epilogue() is not None) == inside
+    elif r.implementation is Im2col:
+        assert {"im2col", "col2im"} <= roles
+        model.plan.forward([x], training=True)
+        assert (tested._kept_cols is not None) == r.keep
+    else:
+        assert "im2col" not in roles and {"forward_product", "input_product"} <= roles
+
+
+# --- float32 against float64, layer by layer --------------------------------------------------------
+
+#: Largest relative error (``max|float32 - float64| / max|float64|``) allowed for each of the output,
+#: the input gradient and every weight gradient, per route. The layer reads 32 channels of 10x10
+#: images (4 for "winograd forced"), writes 32, batch of 4: a mid-size layer of the reference model.
+FLOAT32_TOL = {
+    "im2col, kept columns": 2e-6,
+    "im2col, rebuilt columns": 2e-6,
+    "im2col, stride 2": 2e-6,
+    "pointwise": 2e-6,
+    "winograd, linear": 1e-5,
+    "winograd, relu": 1e-5,
+    "winograd, tanh": 1e-5,
+    "winograd, sigmoid": 1e-5,
+    "winograd, softmax": 1e-5,
+    "winograd forced, 4 channels": 1e-5,
+    "winograd + max pool, relu": 1e-5,
+    "winograd + max pool, linear, no bias": 1e-5,
+}
+
+
+def _training_step(layer, pooled, x, dy):
+    """Output, input gradient and weight gradients of one training step of ``layer`` (copies)."""
+    layer.input_grad_needed = True
+    forward, backward = (layer.forward_pooled, layer.backward_pooled) if pooled else (layer.forward, layer.backward)
+    out = forward(x, training=True).copy()
+    return {"forward": out, "dX": backward(dy).copy(), **{f"d{k}": g.copy() for k, g in layer.grads.items()}}
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_float32_gradients_agree_with_float64(threads, monkeypatch, route):
+    assert set(FLOAT32_TOL) == set(ROUTES)
+    r = ROUTES[route]
+    gen = np.random.default_rng(1)
+    results = {}
+    for dtype in ("float64", "float32"):
+        layer = _build_route(route, dtype, monkeypatch, filters=32, size=(10, 10), channels=32)
+        if r.pooled:
+            pool = MaxPooling2D(2, dtype=dtype)
+            pool.build(layer.output_shape)
+            assert layer.fuses_with(pool)
+        if dtype == "float64":  # the same weights and data for both
+            weights = [gen.uniform(-1, 1, w.shape) * np.sqrt(3 / np.prod(w.shape[:-1])) for w in layer.get_weights()]
+            x = gen.standard_normal((4,) + layer.input_shape)
+            dy = gen.standard_normal((4,) + (pool.output_shape if r.pooled else layer.output_shape))
+        layer.set_weights(weights)
+        results[dtype] = _training_step(layer, r.pooled, x.astype(dtype), dy.astype(dtype))
+    errors = {name: relative_error(results["float32"][name], reference)
+              for name, reference in results["float64"].items()}
+    assert {"forward", "dX", "dkernel"} <= set(errors)
+    for name, error in errors.items():
+        record_float32_error(route, name, error)
+    bad = {name: e for name, e in errors.items() if not e <= FLOAT32_TOL[route]}
+    assert not bad, f"{route}: float32 against float64 beyond {FLOAT32_TOL[route]:g}: {bad}"
