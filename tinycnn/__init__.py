@@ -18,11 +18,13 @@ from . import _threads  # noqa: F401  (must run before any parallel kernel: pick
 from . import activations, callbacks, gradcheck, initializers, layers, losses, metrics, optimizers, regularizers
 from .layers import Input
 from .model import Model, Sequential
+from .onnx_import import load_onnx  # imports the optional onnx package only when called
 from .rng import set_seed
 from .saving import load_model, save_model
 from .utils import to_categorical
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "Sequential", "Input", "set_seed", "load_model", "save_model", "to_categorical", "layers", "losses",
-           "optimizers", "metrics", "callbacks", "gradcheck", "initializers", "activations", "regularizers"]
+__all__ = ["Model", "Sequential", "Input", "set_seed", "load_model", "save_model", "load_onnx", "to_categorical",
+           "layers", "losses", "optimizers", "metrics", "callbacks", "gradcheck", "initializers", "activations",
+           "regularizers"]
