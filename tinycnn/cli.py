@@ -1,4 +1,4 @@
-"""The command line: ``tinycnn demo | train | cv | evaluate | predict | explain | summary``.
+"""The command line: ``tinycnn demo | train | cv | evaluate | predict | explain | summary | export``.
 
 Thin on purpose: it parses arguments and calls the library, so everything it does can also be done
 in a few lines of Python (see each command's function below).
@@ -15,6 +15,7 @@ import numpy as np
 from .callbacks import BackupAndRestore, RecalibrateBatchNorm
 from .data import train_val_split
 from .models import reference_model, resnet18
+from .onnx_export import OPSET, OPSETS
 
 DEFAULT_OUT = "tinycnn-runs"
 
@@ -656,6 +657,29 @@ def cmd_summary(args):
     return 0
 
 
+def cmd_export(args):
+    """Write a saved model as an ONNX file for ONNX Runtime and other engines (Model.export).
+
+    The file takes NHWC images with values as the model was trained on (a Transpose to NCHW comes
+    first inside), or NCHW images with --channels-first; the batch size is free. The class names,
+    input and output names go into its metadata. Needs the onnx package: pip install "tinycnn[onnx]".
+    """
+    from .onnx_export import require_onnx
+    model = _load_model(args.model)
+    out = args.out or os.path.splitext(args.model)[0] + ".onnx"
+    try:
+        model.export(out, channels_first=args.channels_first, opset=args.opset)
+        graph = require_onnx().load(out).graph  # what was written, read back for the summary line
+    except ImportError as e:
+        print(f"tinycnn export: error: {e}", file=sys.stderr)
+        return 2
+    shapes = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input]
+    print(f"ONNX model written to {out}: {len(graph.node)} nodes, opset {args.opset}, inputs "
+          + ", ".join(f"{v.name} {shape}" for v, shape in zip(graph.input, shapes))
+          + f" ({'NCHW' if args.channels_first else 'NHWC'}), output {graph.output[0].name}")
+    return 0
+
+
 # --- argument parsing -----------------------------------------------------------------------------
 
 def _training_options(p):
@@ -795,6 +819,16 @@ def build_parser():
     p = sub.add_parser("summary", help="layers and training facts of a saved model", description=cmd_summary.__doc__)
     p.add_argument("model", help="model file written by tinycnn")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("export", help="write a saved model as an ONNX file", description=cmd_export.__doc__)
+    p.add_argument("model", help="model file written by tinycnn (model.npz)")
+    p.add_argument("--out", metavar="FILE.onnx", help="ONNX file to write (default: the model's path with .onnx)")
+    p.add_argument("--channels-first", action="store_true",
+                   help="the file takes NCHW images (batch, channels, height, width), as PyTorch pipelines feed "
+                        "them (default: NHWC, as tinycnn's predict)")
+    p.add_argument("--opset", type=int, default=OPSET,
+                   help=f"ONNX opset version, {OPSETS[0]} to {OPSETS[-1]} (default %(default)s)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -122,7 +122,7 @@ def export_onnx(model, filepath, channels_first=False, opset=None):
 
 def to_onnx(model, channels_first=False, opset=None):
     """``model``'s inference graph as a checked ``onnx.ModelProto`` (what :func:`export_onnx` writes)."""
-    where = "export_onnx"
+    where = "ONNX export"
     if not isinstance(channels_first, (bool, np.bool_)):
         raise TypeError(f"{where}: argument `channels_first` must be a bool, received {channels_first!r}")
     if opset is None:
@@ -239,7 +239,7 @@ class _GraphWriter:
 
         out = model.outputs[0]
         calls = {}
-        for node in topological_nodes(model.inputs, [out], "export_onnx"):
+        for node in topological_nodes(model.inputs, [out], "ONNX export"):
             if node.is_input:
                 continue
             layer = node.layer
@@ -252,7 +252,7 @@ class _GraphWriter:
                 name = layer.name
             convert = _CONVERTERS.get(type(layer))
             if convert is None:
-                raise ValueError(f"export_onnx: {layer.describe()} has no ONNX form; tinycnn exports "
+                raise ValueError(f"ONNX export: {layer.describe()} has no ONNX form; tinycnn exports "
                                  f"{', '.join(sorted(cls.__name__ for cls in _CONVERTERS))} (and Input)")
             # (a layer that vanishes shares its input's entry: a Transpose made for one serves both)
             self.values[id(node)] = convert(self, layer, node, name)
@@ -356,7 +356,7 @@ def _dense(w, layer, node, out):
 def _batch_normalization(w, layer, node, out):
     rank = len(node.inputs[0].sample_shape) + 1
     if rank not in (2, 4):
-        raise ValueError(f"export_onnx: {layer.describe()} normalizes input of shape {node.inputs[0].shape}; "
+        raise ValueError(f"ONNX export: {layer.describe()} normalizes input of shape {node.inputs[0].shape}; "
                          f"tinycnn exports batch normalization of images (N, H, W, C) and of vectors (N, C)")
     x = w.read(node.inputs[0], _NCHW if rank == 4 else _NHWC)
     c = layer.input_shape[-1]
