@@ -31,15 +31,21 @@ is already flat vanish the same way.
 
 Operators and the layers they become
 ------------------------------------
-``Conv`` -> Conv2D (weights ``(F, C, KH, KW)`` -> ``(KH, KW, C, F)``); ``Gemm`` (``transB`` 0 or
-1) and ``MatMul`` (+ ``Add`` of a bias vector) -> Dense; ``Relu``/``Sigmoid``/``Tanh``/``Softmax``
--> the ``activation`` of the Conv2D or Dense before them when they are its only reader (as
-tinycnn's exporter writes them, so a round trip rebuilds the same layers), else an Activation
-layer; ``BatchNormalization`` (inference form) -> BatchNormalization with the moving statistics;
-``MaxPool``/``AveragePool``/``GlobalAveragePool``/``GlobalMaxPool`` -> the pooling layers;
-``Flatten`` and ``Reshape`` to ``(N, -1)`` -> Flatten; ``Add``/``Sub``/``Mul``/``Sum``/``Mean``/
-``Concat`` -> the merge layers (``Sum`` followed by ``Mul`` by ``1/n``, tinycnn's own export of
-Average, -> Average); ``Constant`` and initializers give weights.
+* ``Conv`` -> Conv2D (weights ``(F, C, KH, KW)`` -> ``(KH, KW, C, F)``); ``Gemm`` (``transB`` 0
+  or 1) and ``MatMul`` (+ ``Add`` of a bias vector) -> Dense;
+* ``Relu``/``Sigmoid``/``Tanh``/``Softmax`` -> the ``activation`` of the Conv2D or Dense before
+  them when they are its only reader, else an Activation layer. Names tell the two apart where a
+  file holds two layers: tinycnn's exporter writes a Conv2D(activation='relu') as ``conv2d/conv``
+  + ``conv2d`` (one layer, named ``conv2d``) and a Conv2D followed by a ReLU layer as ``conv2d``
+  + ``re_lu`` (two layers, each with its name), so a round trip rebuilds the same layers.
+  PyTorch's node names (``/conv1/Conv``, ``/Relu``) are not layer names, and its activations are
+  folded;
+* ``BatchNormalization`` (inference form) -> BatchNormalization with the moving statistics;
+* ``MaxPool``/``AveragePool``/``GlobalAveragePool``/``GlobalMaxPool`` -> the pooling layers;
+* ``Flatten`` and ``Reshape`` to ``(N, -1)`` -> Flatten;
+* ``Add``/``Sub``/``Mul``/``Sum``/``Mean``/``Concat`` -> the merge layers (``Sum`` followed by
+  ``Mul`` by ``1/n``, tinycnn's own export of Average, -> Average);
+* ``Constant`` and initializers give weights.
 
 ONNX spells out padding (``pads``); tinycnn has ``'valid'`` and ``'same'`` (TensorFlow's rule,
 the odd row at the bottom). Explicit pads are accepted when they are exactly what one of the two
@@ -608,7 +614,8 @@ class _Importer:
         else:
             self._attributes(node, set())
         step = self._private(node.input[0], x, (Conv2D, Dense))
-        if step is not None and step.kwargs.get("activation", "linear") == "linear":
+        two_layers = step is not None and _NAME.fullmatch(node.name) and any(_NAME.fullmatch(n) for n in step.names)
+        if step is not None and step.kwargs.get("activation", "linear") == "linear" and not two_layers:
             step.kwargs["activation"] = activation
             step.names.append(node.name)
             self.values[node.output[0]] = x.alias()
