@@ -13,8 +13,9 @@ Conv2D                        ``Conv`` (kernel ``(KH, KW, C, F)`` -> ``(F, C, KH
 Dense                         ``Gemm`` on ``(N, n_in)``; ``MatMul`` + ``Add`` on longer shapes
                               (Dense acts on the last axis); then the activation
 BatchNormalization            ``BatchNormalization`` (inference form: moving mean and variance)
-MaxPooling2D, AveragePooling  ``MaxPool``, ``AveragePool`` (explicit pads; padded positions are
-                              not counted in the mean, as in tinycnn)
+MaxPooling2D                  ``MaxPool`` (explicit pads)
+AveragePooling2D              ``AveragePool`` (explicit pads, ``count_include_pad=0``: padded
+                              positions are not counted in the mean, as in tinycnn)
 GlobalAverage/MaxPooling2D    ``GlobalAveragePool`` / ``GlobalMaxPool`` + ``Flatten``
 Flatten                       ``Transpose`` back to NHWC, then ``Flatten``: the values come out in
                               tinycnn's order, so the next Dense layer's weights fit unchanged
@@ -22,7 +23,7 @@ Activation, ReLU, Softmax     ``Relu``, ``Sigmoid``, ``Tanh``, ``Softmax`` (over
 Add, Subtract, Multiply       ``Add``, ``Sub``, ``Mul`` (a chain for more than two inputs)
 Average                       ``Sum``, then ``Mul`` by ``1/n``
 Concatenate                   ``Concat`` (the axis moved with the layout)
-Dropout, Random* , Input      nothing: the identity at inference
+Dropout, Random*, Input       nothing: the identity at inference
 ============================  ===================================================================
 
 Layout. tinycnn computes images as NHWC; ONNX's ``Conv`` and pooling want NCHW. The file takes
@@ -56,6 +57,8 @@ from .kernels.conv import conv_output_length
 from .layers import (Activation, Add, Average, AveragePooling2D, BatchNormalization, Concatenate, Conv2D, Dense,
                      Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D, Multiply,
                      RandomContrast, RandomFlip, RandomRotation, RandomTranslation, ReLU, Softmax, Subtract)
+
+__all__ = ["OPSET", "OPSETS", "require_onnx", "export_onnx", "to_onnx"]
 
 #: The opset files are written for by default; ``opset=`` may ask for any of OPSETS.
 OPSET = 17
@@ -135,7 +138,7 @@ def to_onnx(model, channels_first=False, opset=None):
                          f"predict once first")
     if model.inputs[0].dtype != np.float32:
         raise ValueError(f"{where}: the model computes in {model.inputs[0].dtype.name}; only float32 models are "
-                         f"exported (ONNX Runtime's CPU kernels are float32)")
+                         f"exported (float64 is tinycnn's precision for gradient checks, not for deployment)")
     onnx = require_onnx()
     graph = _GraphWriter(model, bool(channels_first)).write(onnx)
     layout = _NCHW if channels_first else _NHWC
