@@ -164,7 +164,9 @@ def _read_proto(onnx, path):
     if size > MAX_FILE_BYTES:
         raise _fail(path, f"the file takes {size:,} bytes; tinycnn reads ONNX files of at most {MAX_FILE_BYTES:,}")
     with open(path, "rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
+        data = f.read(size + 1)  # (read(n) reserves n bytes at once: the size checked, not the limit)
+    if len(data) > MAX_FILE_BYTES:
+        raise _fail(path, f"the file grew to more than {MAX_FILE_BYTES:,} bytes while it was read")
     if data.startswith(b"PK\x03\x04"):
         raise _fail(path, "not an ONNX file: it is a zip archive (a tinycnn .npz model? read it with "
                           "tinycnn.load_model)")
@@ -384,8 +386,8 @@ class _Importer:
                                          f"a Constant)")
         array = self.constants[name]
         if dims is not None and (array.ndim != len(dims) or any(d not in (-1, s) for d, s in zip(dims, array.shape))):
-            shown = tuple("any" if d == -1 else d for d in dims)
-            raise self.node_fail(node, f"{what} '{name}' has shape {array.shape}; expected {shown}")
+            shown = ", ".join("any" if d == -1 else str(d) for d in dims) + ("," if len(dims) == 1 else "")
+            raise self.node_fail(node, f"{what} '{name}' has shape {array.shape}; expected ({shown})")
         if array.dtype.kind != "f" and what != "shape":
             raise self.node_fail(node, f"{what} '{name}' holds {array.dtype.name} values; expected float32")
         return array
@@ -409,6 +411,8 @@ class _Importer:
         for attribute in node.attribute:
             if attribute.name not in allowed:
                 raise self.unsupported(node, f"the attribute '{attribute.name}'")
+            if attribute.name in found:
+                raise self.node_fail(node, f"the attribute '{attribute.name}' is given twice")
             found[attribute.name] = self.onnx.helper.get_attribute_value(attribute)
             if isinstance(found[attribute.name], bytes):
                 found[attribute.name] = found[attribute.name].decode("utf-8", "replace")
