@@ -322,6 +322,9 @@ def test_without_onnx_the_message_says_how_to_install_it(tmp_path, monkeypatch):
 # --- the command line ------------------------------------------------------------------------------
 
 def test_cli_export(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--help"])
+    assert exit_info.value.code == 0 and "--channels-first" in capsys.readouterr().out
     model = _randomize(Sequential([Conv2D(3, 3, padding="same", activation="relu", input_shape=(6, 6, 1)),
                                    MaxPooling2D(2), Flatten(), Dense(2, activation="softmax")]))
     model.metadata["class_names"] = ["healthy", "lesion"]

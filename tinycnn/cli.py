@@ -660,9 +660,9 @@ def cmd_summary(args):
 def cmd_export(args):
     """Write a saved model as an ONNX file for ONNX Runtime and other engines (Model.export).
 
-    The file takes NHWC images with values as the model was trained on (a Transpose to NCHW comes
-    first inside), or NCHW images with --channels-first; the batch size is free. The class names,
-    input and output names go into its metadata. Needs the onnx package: pip install "tinycnn[onnx]".
+    The file takes NHWC images, as predict does (a Transpose to NCHW comes first inside), or NCHW
+    images with --channels-first; the batch size is free. The class names, input and output names go
+    into its metadata. Needs the onnx package: pip install "tinycnn[onnx]".
     """
     from .onnx_export import require_onnx
     model = _load_model(args.model)
