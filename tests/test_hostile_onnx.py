@@ -114,6 +114,8 @@ def damaged(change):
 @pytest.mark.parametrize("change, fragments", [
     (lambda p: nodes_of(p)["/relu"].input.__setitem__(0, "nowhere"),
      ["node '/relu' (Relu): reads 'nowhere', which is neither a graph input, an initializer nor the output of a node"]),
+    (lambda p: (nodes_of(p)["/relu"].input.__setitem__(0, "nowhere"), nodes_of(p)["/relu"].ClearField("name")),
+     ["node making 'relu' (Relu): reads 'nowhere'"]),
     (lambda p: nodes_of(p)["/conv"].input.__setitem__(0, "flat"),  # conv <- flat <- relu <- conv: a cycle
      ["node '/conv' (Conv): reads 'flat', which node '/flatten' makes later: the graph has a cycle"]),
     (lambda p: p.graph.initializer.pop(0),  # the Conv's kernel is gone

@@ -90,13 +90,13 @@ from .layers import (Activation, Add, Average, AveragePooling2D, BatchNormalizat
 from .model import Model
 from .onnx_export import require_onnx
 
-#: Largest ONNX file read (protobuf itself stops at 2 GiB; ResNet-18 takes 45 MB).
+#: Largest ONNX file read (protobuf itself stops at 2 GiB; tinycnn's export of ResNet-18 takes 45 MB).
 MAX_FILE_BYTES = 2**30
 #: Most bytes of weights, over all tensors (in the file or in external data).
 MAX_WEIGHT_BYTES = 2**30
-#: Most nodes in the graph (ResNet-18 exported by PyTorch has 49, by tinycnn about 80).
+#: Most nodes in the graph (tinycnn's export of ResNet-18 has 71).
 MAX_NODES = 5_000
-#: Most dimensions of a tensor, and most entries in a list attribute.
+#: Most dimensions of a tensor.
 MAX_RANK = 8
 #: Largest image side or feature count an input may declare.
 MAX_DIM = 2**31 - 1
@@ -233,7 +233,7 @@ class _Importer:
         return _fail(self.path, problem)
 
     def node_fail(self, node, problem):
-        return self.fail(f"node '{node.name}' ({node.op_type}): {problem}")
+        return self.fail(f"node {_label(node)}: {problem}")
 
     def unsupported(self, node, what):
         return self.node_fail(node, f"{what} is not supported; tinycnn imports the operators "
@@ -271,7 +271,7 @@ class _Importer:
             raise self.fail(f"the graph has {len(nodes):,} nodes; tinycnn reads at most {MAX_NODES:,}")
         unknown = [n for n in nodes if n.op_type not in _OPERATORS or n.domain not in ("", "ai.onnx")]
         if unknown:
-            shown = ", ".join(f"'{n.name}' ({n.domain + '.' if n.domain else ''}{n.op_type})" for n in unknown[:10])
+            shown = ", ".join(_label(n) for n in unknown[:10])
             more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
             raise self.fail(f"node {shown}{more}: operator not supported; tinycnn imports the operators "
                             f"{', '.join(sorted(_OPERATORS))} (see tinycnn/onnx_import.py)")
@@ -452,7 +452,7 @@ class _Importer:
                 value = _Value(len(self.steps), _NCHW, (dims[2], dims[3], dims[1]))
             self.values[info.name] = value
             steps.append(len(self.steps))
-            self.steps.append(_Step(InputLayer, {"shape": value.shape}, [], None, [info.name], None))
+            self.steps.append(_Step(InputLayer, {"shape": value.shape}, [], None, [info.name], "graph input"))
         if not steps:
             raise self.fail("the graph has no input (every input is an initializer)")
         return steps
@@ -625,18 +625,6 @@ class _Importer:
             self.values[node.output[0]] = x.alias()
         else:
             self._add(node, Activation, {"activation": activation}, [x], None, x.layout, x.shape, x.chw)
-
-    def _op_relu(self, node):
-        self._activation(node, "relu")
-
-    def _op_sigmoid(self, node):
-        self._activation(node, "sigmoid")
-
-    def _op_tanh(self, node):
-        self._activation(node, "tanh")
-
-    def _op_softmax(self, node):
-        self._activation(node, "softmax")
 
     def _dense(self, node, x, kernel, bias):
         """A Dense step for ``x @ kernel + bias`` (kernel ``(n_in, units)`` in the file's row order)."""
@@ -843,8 +831,6 @@ class _Importer:
             array = self._array(value, f"the value of node '{node.name}' (Constant)")
         else:
             dtype = np.float32 if key.startswith("value_float") else np.int64
-            if isinstance(value, list) and len(value) > MAX_RANK * 1024:
-                raise self.node_fail(node, f"{key} holds {len(value):,} values; a tensor belongs in 'value'")
             array = np.array(value, dtype=dtype)
         self.constants[node.output[0]] = array
 
@@ -881,7 +867,7 @@ class _Importer:
                 if step.weights:
                     layer.set_weights(step.weights)
             except (TypeError, ValueError) as e:
-                raise self.fail(f"node '{step.names[0]}': tinycnn cannot make its layer: {e}") from None
+                raise self.fail(f"node '{step.names[0]}' ({step.op}): tinycnn cannot make its layer: {e}") from None
         name = self.graph.name if _NAME.fullmatch(self.graph.name or "") else None
         try:
             return Model([tensors[i] for i in inputs] if len(inputs) > 1 else tensors[inputs[0]], tensors[output],
@@ -906,6 +892,12 @@ class _Importer:
                 raise self.fail("the metadata entry 'class_names' is not a JSON list of strings")
             metadata["class_names"] = names
         return metadata
+
+
+def _label(node):
+    """How messages name a node: ``'/conv1/Conv' (Conv)``; an unnamed one by its first output."""
+    name = f"'{node.name}'" if node.name else f"making '{node.output[0] if node.output else ''}'"
+    return f"{name} ({node.domain + '.' if node.domain else ''}{node.op_type})"
 
 
 def _make(cls, name, kwargs, taken):
@@ -939,8 +931,8 @@ _LAYOUT_NAMES = {_NCHW: "NCHW", _NHWC: "NHWC", _POOLED: "(N, C, 1, 1)", _FLAT: "
 _OPERATORS = {
     "Conv": _Importer._op_conv, "MaxPool": _Importer._op_maxpool, "AveragePool": _Importer._op_averagepool,
     "GlobalAveragePool": _Importer._op_globalaveragepool, "GlobalMaxPool": _Importer._op_globalmaxpool,
-    "BatchNormalization": _Importer._op_batchnormalization, "Relu": _Importer._op_relu,
-    "Sigmoid": _Importer._op_sigmoid, "Tanh": _Importer._op_tanh, "Softmax": _Importer._op_softmax,
+    "BatchNormalization": _Importer._op_batchnormalization,
+    **{op: (lambda self, node, name=name: self._activation(node, name)) for op, name in _ACTIVATIONS.items()},
     "Gemm": _Importer._op_gemm, "MatMul": _Importer._op_matmul, "Add": _Importer._op_add, "Sub": _Importer._op_sub,
     "Mul": _Importer._op_mul, "Sum": _Importer._op_sum, "Mean": _Importer._op_mean, "Concat": _Importer._op_concat,
     "Flatten": _Importer._op_flatten, "Reshape": _Importer._op_reshape, "Transpose": _Importer._op_transpose,
