@@ -1,18 +1,23 @@
 """Property-based tests (hypothesis): over random shapes, kernel sizes, strides, paddings and pool
 sizes, the layers (running the fast Numba kernels) agree with the textbook loops in
-``tinycnn/kernels/reference.py``, and every gradient agrees with central finite differences. And
-model files with random damage (to the JSON config, or to any bytes) either load or give a
-``ModelFileError``, never another exception.
+``tinycnn/kernels/reference.py``, and every gradient agrees with central finite differences. The
+Winograd route is reached as a network reaches it, by the layer's own choice (16 to 20 input
+channels), with each activation, and with the 2x2 max pooling computed inside the convolution
+(the plan's rewrite). And model files with random damage (to the JSON config, or to any bytes)
+either load or give a ``ModelFileError``, never another exception, within a memory bound.
 
 The hand-picked cases in test_kernels.py and test_layers.py show the common shapes; these look for
 the corners nobody picked: a kernel larger than the image with 'same' padding, a stride larger than
-the kernel, a pool of 1, a batch of one, a single channel.
+the kernel, a pool of 1, a batch of one, a single channel, Winograd's edge tiles.
 
-Runs are repeatable: ``derandomize=True`` draws the same examples on every run and machine (for a
-given hypothesis version), and no example database is written. Everything is float64 (so finite
-differences are meaningful, and Numba compiles one signature) and small (so the whole file takes a
-few seconds).
+Runs are repeatable: ``derandomize=True`` draws the same examples on every run and machine for a
+given hypothesis version (pinned in pyproject.toml for that reason), and no example database is
+written; each parametrized case (an activation) draws its own examples. Everything is float64 (so
+finite differences are meaningful, and Numba compiles one signature) and small: the whole file
+takes about 20 s once the kernels are compiled.
 """
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -27,14 +32,18 @@ from tinycnn import losses  # noqa: E402
 from tinycnn.gradcheck import check_layers  # noqa: E402
 from tinycnn.kernels import reference as R  # noqa: E402
 from tinycnn.layers import AveragePooling2D, BatchNormalization, Conv2D, MaxPooling2D  # noqa: E402
+from tinycnn.layers.conv import WINOGRAD_MIN_CHANNELS  # noqa: E402
 from tinycnn.saving import ModelFileError  # noqa: E402
 
-PROPERTY = settings(max_examples=30, deadline=None, derandomize=True, database=None)
+PROPERTY = settings(max_examples=50, deadline=None, derandomize=True, database=None)
 CLOSE = dict(rtol=1e-10, atol=1e-10)
 #: Finite-difference tolerance here: 10x the hand-picked cases' GRAD_TOL. Over thousands of random
 #: draws a few (small batch-norm batches, a nearly constant channel) reach 1-2e-6 from rounding
 #: noise alone; a wrong derivative gives errors of order 1e-2 to 1.
 PROPERTY_GRAD_TOL = 10 * GRAD_TOL
+#: Entries of the input and of each weight compared by finite differences in the 16+-channel
+#: tests (``check_layers(entries_per_array=...)``); the reference loops check every entry exactly.
+SAMPLED_ENTRIES = 60
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -78,32 +87,115 @@ def test_conv2d_matches_the_reference_and_finite_differences(g, filters, use_bia
     check_layers([layer], x=x, seed=seed).assert_close(PROPERTY_GRAD_TOL)
 
 
-@PROPERTY
-@given(n=st.integers(1, 2), h=st.integers(1, 7), w=st.integers(1, 7), c=st.integers(1, 3),
+#: The activations a convolution takes, as the textbook forward ``y = f(z)`` and backward ``dz``.
+ACTIVATIONS = {
+    "linear": (lambda z: z, lambda dy, y: dy),
+    "relu": (R.relu, R.relu_backward),
+    "tanh": (np.tanh, lambda dy, y: dy * (1 - y * y)),
+    "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda dy, y: dy * y * (1 - y)),
+    "softmax": (R.softmax, R.softmax_backward),
+}
+
+#: Input channels that take the Winograd route by the layer's own choice (16 is its threshold).
+winograd_channels = st.integers(WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_CHANNELS + 4)
+
+
+def _winograd_layer(filters, activation, use_bias, padding, input_shape, gen):
+    """A float64 3x3 Conv2D that picked Winograd itself (16+ input channels), with random weights
+    of variance 1 / fan-in: pre-activations of order 1, where tanh and sigmoid are not saturated
+    (a saturated tanh's slope, ~1e-10, is below what finite differences can measure)."""
+    layer = Conv2D(filters, 3, padding=padding, activation=activation, use_bias=use_bias, dtype="float64")
+    layer.build(input_shape)
+    assert layer.algorithm == "winograd"
+    layer.set_weights([gen.standard_normal(w.shape) / np.sqrt(9 * input_shape[2]) for w in layer.get_weights()])
+    return layer
+
+
+def _expected_conv(layer, x, dy):
+    """Textbook ``y = f(conv(x) + b)`` and, from ``dy``, ``(dx, dW, db)``."""
+    f, f_backward = ACTIVATIONS[layer.activation.name]
+    kernel, bias = layer.params["kernel"], layer.params.get("bias")
+    y = f(R.conv2d_forward(x, kernel, bias, layer.strides, layer.padding))
+    return y, R.conv2d_backward(x, kernel, f_backward(dy, y), layer.strides, layer.padding)
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@settings(PROPERTY, max_examples=12)
+@given(n=st.integers(1, 2), h=st.integers(1, 5), w=st.integers(1, 5), c=winograd_channels,
        filters=st.integers(1, 3), padding=st.sampled_from(["valid", "same"]), use_bias=st.booleans(), seed=seeds)
-def test_conv2d_winograd_matches_the_reference_and_finite_differences(n, h, w, c, filters, padding, use_bias,
-                                                                      seed):
+def test_conv2d_winograd_matches_the_reference_and_finite_differences(activation, n, h, w, c, filters, padding,
+                                                                      use_bias, seed):
+    """Winograd with each activation (bias and ReLU inside the output transform, the others after
+    it; 12 examples each), odd and even sides (edge tiles half outside the output), 'valid' and
+    'same'."""
     if padding == "valid":
         h, w = h + 2, w + 2  # so that the 3x3 kernel fits
     gen = np.random.default_rng(seed)
-    layer = Conv2D(filters, 3, padding=padding, use_bias=use_bias, dtype="float64")
-    layer.build((h, w, c))
-    layer.algorithm = "winograd"  # whatever the channel count
-    _randomise(layer, gen)
+    layer = _winograd_layer(filters, activation, use_bias, padding, (h, w, c), gen)
     x = gen.standard_normal((n, h, w, c))
-    kernel, bias = layer.params["kernel"], layer.params.get("bias")
+    dy = gen.standard_normal((n,) + layer.output_shape)
+    y_ref, (dx_ref, dw_ref, db_ref) = _expected_conv(layer, x, dy)
 
-    y = layer.forward(x, training=True)
-    np.testing.assert_allclose(y, R.conv2d_forward(x, kernel, bias, (1, 1), padding), **CLOSE)
-    dy = gen.standard_normal(y.shape)
-    dx = layer.backward(dy)
-    dx_ref, dw_ref, db_ref = R.conv2d_backward(x, kernel, dy, (1, 1), padding)
-    np.testing.assert_allclose(dx, dx_ref, **CLOSE)
+    np.testing.assert_allclose(layer.forward(x, training=True), y_ref, **CLOSE)
+    np.testing.assert_allclose(layer.backward(dy), dx_ref, **CLOSE)
     np.testing.assert_allclose(layer.grads["kernel"], dw_ref, **CLOSE)
     if use_bias:
         np.testing.assert_allclose(layer.grads["bias"], db_ref, **CLOSE)
 
-    check_layers([layer], x=x, seed=seed).assert_close(PROPERTY_GRAD_TOL)
+    check_layers([layer], x=x, seed=seed, entries_per_array=SAMPLED_ENTRIES).assert_close(PROPERTY_GRAD_TOL)
+
+
+class _PooledInside:
+    """A Winograd Conv2D with the 2x2 max pooling after it computed inside it (``forward_pooled``,
+    the plan's rewrite), as one layer that ``check_layers`` can differentiate."""
+
+    def __init__(self, conv, pool):
+        self.conv, self.name, self.dtype, self.built = conv, conv.name, conv.dtype, True
+        self.params, self.grads, self.output_shape = conv.params, conv.grads, pool.output_shape
+
+    @property
+    def input_grad_needed(self):
+        return self.conv.input_grad_needed
+
+    @input_grad_needed.setter
+    def input_grad_needed(self, value):
+        self.conv.input_grad_needed = value
+
+    def forward(self, x, training=False):
+        return self.conv.forward_pooled(x, training=training)
+
+    def backward(self, grad_out):
+        return self.conv.backward_pooled(grad_out)
+
+
+@pytest.mark.parametrize("activation", ["relu", "linear"])
+@settings(PROPERTY, max_examples=25)
+@given(n=st.integers(1, 2), h=st.integers(1, 3), w=st.integers(1, 3), c=winograd_channels,
+       filters=st.integers(1, 3), padding=st.sampled_from(["valid", "same"]), use_bias=st.booleans(), seed=seeds)
+def test_winograd_with_max_pooling_inside_matches_the_reference_and_finite_differences(
+        activation, n, h, w, c, filters, padding, use_bias, seed):
+    """The fused route (the plan's rewrite), 25 examples per epilogue: even output sides 2-6, so
+    that every 2x2 window is one output tile."""
+    h, w = 2 * h + (2 if padding == "valid" else 0), 2 * w + (2 if padding == "valid" else 0)
+    gen = np.random.default_rng(seed)
+    layer = _winograd_layer(filters, activation, use_bias, padding, (h, w, c), gen)
+    pool = MaxPooling2D(2, dtype="float64")
+    pool.build(layer.output_shape)
+    assert layer.fuses_with(pool)
+    x = gen.standard_normal((n, h, w, c))
+    dp = gen.standard_normal((n,) + pool.output_shape)
+    y_ref, _ = _expected_conv(layer, x, np.zeros((n,) + layer.output_shape))
+    dy = R.maxpool_backward(y_ref, dp)
+    _, (dx_ref, dw_ref, db_ref) = _expected_conv(layer, x, dy)
+
+    np.testing.assert_allclose(layer.forward_pooled(x, training=True), R.maxpool_forward(y_ref, (2, 2)), **CLOSE)
+    np.testing.assert_allclose(layer.backward_pooled(dp), dx_ref, **CLOSE)
+    np.testing.assert_allclose(layer.grads["kernel"], dw_ref, **CLOSE)
+    if use_bias:
+        np.testing.assert_allclose(layer.grads["bias"], db_ref, **CLOSE)
+
+    check_layers([_PooledInside(layer, pool)], x=x, seed=seed,
+                 entries_per_array=SAMPLED_ENTRIES).assert_close(PROPERTY_GRAD_TOL)
 
 
 @PROPERTY
@@ -218,11 +310,7 @@ def test_any_change_to_the_config_loads_or_gives_a_model_file_error(tmp_path_fac
     else:
         parent[path[-1]] = data.draw(_JSON)
     set_config(files, config)
-    target = write_zip(folder / "fuzz.npz", files)
-    try:
-        tinycnn.load_model(target)
-    except ModelFileError as e:
-        assert str(e).startswith(f"{target}: ")
+    _load_or_refuse(write_zip(folder / "fuzz.npz", files))
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
@@ -238,10 +326,26 @@ def test_any_damage_to_the_bytes_loads_or_gives_a_model_file_error(tmp_path_fact
         damaged = damaged[:data.draw(st.integers(0, len(damaged)))]
     target = folder / "damaged.npz"
     target.write_bytes(bytes(damaged))
+    _load_or_refuse(target)
+
+
+#: Largest peak of Python's allocations (``tracemalloc``, which NumPy reports its arrays to) while
+#: one damaged file loads or is refused; the same bound as tests/test_file_fuzz.py's. The good
+#: model's file is 9 KB.
+MAX_LOAD_BYTES = 100 * 2**20
+
+
+def _load_or_refuse(target):
+    """``load_model(target)`` loads or raises a ModelFileError naming the file, within MAX_LOAD_BYTES."""
+    tracemalloc.start()
     try:
         tinycnn.load_model(target)
     except ModelFileError as e:
         assert str(e).startswith(f"{target}: ")
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < MAX_LOAD_BYTES, f"{peak:,} bytes allocated"
 
 
 _fuzz_cache = {}

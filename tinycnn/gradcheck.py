@@ -122,8 +122,18 @@ def _random_state_keeper(layers):
     return restore
 
 
+def _compare(analytic, value, objective, eps, sample, pick):
+    """``(analytic, numeric)`` gradients of ``objective`` with respect to ``value``: every entry, or
+    ``sample`` of them drawn by ``pick`` (then both as flat arrays of those entries)."""
+    if sample is None or value.size <= sample:
+        return analytic, numerical_gradient(objective, value, eps)
+    entries = np.sort(pick.choice(value.size, sample, replace=False))
+    numeric = numerical_gradient(objective, value, eps, entries)
+    return analytic.reshape(-1)[entries], numeric.reshape(-1)[entries]
+
+
 def check_layers(layers, input_shape=None, x=None, batch_size=2, training=True, eps=DEFAULT_EPS, seed=0,
-                 check_input=True):
+                 check_input=True, entries_per_array=None):
     """Check every gradient of a stack of layers against finite differences.
 
     Parameters
@@ -139,6 +149,9 @@ def check_layers(layers, input_shape=None, x=None, batch_size=2, training=True, 
         Finite-difference step.
     check_input : bool
         Also check the gradient with respect to ``x``.
+    entries_per_array : int, optional
+        Compare only this many entries of the input and of each weight array, drawn at random
+        (seeded), as :func:`check_model`'s ``entries_per_weight``.
 
     Returns
     -------
@@ -177,13 +190,15 @@ def check_layers(layers, input_shape=None, x=None, batch_size=2, training=True, 
     grad = projection.copy()
     for layer in reversed(layers):
         grad = layer.backward(grad)
+    pick = rng.generator(seed)
     pairs = {}
     if check_input:
-        pairs["input"] = (grad, numerical_gradient(objective, x, eps))
+        pairs["input"] = _compare(grad, x, objective, eps, entries_per_array, pick)
     analytic = {(layer.name, k): layer.grads[k].copy() for layer in layers for k in layer.params}
     for layer in layers:
         for key, value in layer.params.items():
-            pairs[f"{layer.name}/{key}"] = (analytic[(layer.name, key)], numerical_gradient(objective, value, eps))
+            pairs[f"{layer.name}/{key}"] = _compare(analytic[(layer.name, key)], value, objective, eps,
+                                                    entries_per_array, pick)
     return _report(pairs)
 
 
@@ -224,15 +239,7 @@ def check_model(model, x, y, sample_weight=None, training=True, eps=DEFAULT_EPS,
     model.compute_gradients(xs, y, sample_weight, training=training)
     analytic = {(layer.name, k): layer.grads[k].copy() for layer in model.layers for k in layer.params}
     pick = rng.generator(0)
-    pairs = {}
-    for layer in model.layers:
-        for key, value in layer.params.items():
-            entries = None
-            if entries_per_weight is not None and value.size > entries_per_weight:
-                entries = np.sort(pick.choice(value.size, entries_per_weight, replace=False))
-            numeric = numerical_gradient(objective, value, eps, entries)
-            exact = analytic[(layer.name, key)]
-            if entries is not None:
-                exact, numeric = exact.reshape(-1)[entries], numeric.reshape(-1)[entries]
-            pairs[f"{layer.name}/{key}"] = (exact, numeric)
+    pairs = {f"{layer.name}/{key}": _compare(analytic[(layer.name, key)], value, objective, eps, entries_per_weight,
+                                             pick)
+             for layer in model.layers for key, value in layer.params.items()}
     return _report(pairs)
