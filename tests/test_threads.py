@@ -312,8 +312,7 @@ def test_load_model_from_eight_threads_at_once(tmp_path):
 _THREAD_COUNT_SCRIPT = r"""
 import sys
 import numba, numpy as np
-import tinycnn
-from tinycnn.kernels import normalization as N
+from tinycnn.kernels import normalization as N  # importing tinycnn picks its threading layer first
 from tinycnn.kernels._util import column_sums
 from tinycnn.layers import BatchNormalization
 
