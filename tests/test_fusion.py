@@ -1,6 +1,7 @@
 """A Winograd Conv2D followed by 2x2 max pooling runs as one pass inside Sequential
 (Conv2D.forward_pooled / backward_pooled). It must give exactly what the two layers give one after
-the other, and be used only where it applies."""
+the other, and be used only where it applies. Its own gradients are checked by finite differences
+in test_routes.py (inside a model, through the plan) and test_properties.py (at layer level)."""
 import numpy as np
 import pytest
 

@@ -153,20 +153,10 @@ def test_every_route_matches_finite_differences(threads, monkeypatch, route):
 #: Largest relative error (``max|float32 - float64| / max|float64|``) allowed for each of the output,
 #: the input gradient and every weight gradient, per route. The layer reads 32 channels of 10x10
 #: images (4 for "winograd forced"), writes 32, batch of 4: a mid-size layer of the reference model.
-FLOAT32_TOL = {
-    "im2col, kept columns": 2e-6,
-    "im2col, rebuilt columns": 2e-6,
-    "im2col, stride 2": 2e-6,
-    "pointwise": 2e-6,
-    "winograd, linear": 1e-5,
-    "winograd, relu": 1e-5,
-    "winograd, tanh": 1e-5,
-    "winograd, sigmoid": 1e-5,
-    "winograd, softmax": 1e-5,
-    "winograd forced, 4 channels": 1e-5,
-    "winograd + max pool, relu": 1e-5,
-    "winograd + max pool, linear, no bias": 1e-5,
-}
+#: Measured errors are below 8e-7 on every route (printed at the end of the run); Winograd's
+#: transforms add a few roundings per value, so its routes get twice the margin of one product.
+IM2COL_TOL, WINOGRAD_TOL = 2e-6, 4e-6
+FLOAT32_TOL = {route: WINOGRAD_TOL if r.implementation is Winograd else IM2COL_TOL for route, r in ROUTES.items()}
 
 
 def _training_step(layer, pooled, x, dy):
@@ -179,7 +169,6 @@ def _training_step(layer, pooled, x, dy):
 
 @pytest.mark.parametrize("route", list(ROUTES))
 def test_float32_gradients_agree_with_float64(threads, monkeypatch, route):
-    assert set(FLOAT32_TOL) == set(ROUTES)
     r = ROUTES[route]
     gen = np.random.default_rng(1)
     results = {}
