@@ -137,7 +137,7 @@ def damaged(change):
                                                                        "k")),
      ["initializer 'k' holds NaN or infinite values"]),
     (lambda p: p.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((2, 1, 3, 3)), "k")),  # float64
-     ["initializer 'k' has element type 11; tinycnn reads float32 weights (type 1) and int64 shapes (type 7)"]),
+     ["initializer 'k' has element type 11; tinycnn reads float32 weights (type 1), int64 shapes (type 7)"]),
     (lambda p: p.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", 4])),
      ["graph input 'x' has the shape ['N', 1, 'H', 4]; tinycnn takes images (batch, 4 axes) or vectors"]),
     (lambda p: p.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 1, 4, 4])),
@@ -298,3 +298,25 @@ def test_external_data_that_is_missing_or_does_not_fit(external):
     os.truncate(folder / "weights.bin", size - 4)
     relocate(path, offset=0)
     refused(path, "the declaration does not fit")
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda p: nodes_of(p)["/gemm"].input.pop(), None),  # the control: a Gemm without its bias C is fine
+    (lambda p: (nodes_of(p)["/gemm"].input.pop(), nodes_of(p)["/gemm"].input.pop()),
+     "node '/gemm' (Gemm): the weight input B is missing"),
+    (lambda p: nodes_of(p)["/relu"].ClearField("input"), "node '/relu' (Relu): input 0 is missing"),
+    (lambda p: nodes_of(p)["/conv"].attribute.append(helper.make_attribute("strides", "two")),
+     "node '/conv' (Conv): attribute 'strides' must be 2 ints >= 1, found 'two'"),
+    (lambda p: nodes_of(p)["/conv"].attribute.append(helper.make_attribute("group", 1.5)),
+     "node '/conv' (Conv): group=1.5"),
+    (lambda p: p.graph.node.insert(0, helper.make_node("Sum", [], ["nothing"], name="/sum")),
+     "node '/sum' (Sum): input 0 is missing"),
+    (lambda p: nodes_of(p)["/flatten"].attribute.append(helper.make_attribute("axis", "one")),
+     "node '/flatten' (Flatten): Flatten with axis='one'"),
+])
+def test_malformed_nodes(change, fragment, tmp_path):
+    path = write(tmp_path / "node.onnx", damaged(change))
+    if fragment is None:
+        tinycnn.load_onnx(path)
+    else:
+        refused(path, fragment)

@@ -136,6 +136,16 @@ def conv_computed_bias(g):
     return g.node("Add", [conv, g.constant(g.rng.standard_normal((3, 1, 1)).astype(np.float32))])
 
 
+def conv_padding_no_window_reaches(g):
+    # ONNX output floor((6 + 1 - 2) / 2) + 1 = 3: the padded row and column are never read ('valid')
+    return g.conv("x", 2, 3, kernel=2, strides=(2, 2), pads=(0, 0, 1, 1))
+
+
+def dropout_with_ratio_and_training_mode_inputs(g):
+    ratio, training = g.constant(np.float32(0.5)), g.constant(np.array(False))
+    return g.node("Dropout", [g.conv("x", 2, 3), ratio, training])
+
+
 def max_pool(g):
     return g.node("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2])
 
@@ -202,7 +212,8 @@ def shared_conv_output(g):
 
 GRAPHS = {
     conv_relu: ["Conv2D"], conv_strided_valid_sigmoid: ["Conv2D"], conv_same_upper_tanh: ["Conv2D"],
-    conv_even_kernel_same: ["Conv2D"], conv_softmax_over_channels: ["Conv2D"], conv_computed_bias: ["Conv2D"],
+    conv_even_kernel_same: ["Conv2D"], conv_padding_no_window_reaches: ["Conv2D"],
+    dropout_with_ratio_and_training_mode_inputs: ["Conv2D"], conv_softmax_over_channels: ["Conv2D"], conv_computed_bias: ["Conv2D"],
     max_pool: ["MaxPooling2D"], max_pool_same_odd: ["MaxPooling2D"], average_pool_same: ["AveragePooling2D"],
     batch_norm: ["BatchNormalization"],
     global_average_flatten_gemm_softmax: ["Conv2D", "GlobalAveragePooling2D", "Dense"],

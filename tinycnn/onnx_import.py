@@ -105,8 +105,8 @@ OPSETS = range(13, 22)
 
 _NCHW, _NHWC, _POOLED, _FLAT = "nchw", "nhwc", "pooled", "flat"
 _TO_NCHW, _TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
-_FLOAT, _INT64 = 1, 7                                   # TensorProto element types read
-_DTYPES = {_FLOAT: np.dtype("<f4"), _INT64: np.dtype("<i8")}
+_FLOAT, _INT64, _BOOL = 1, 7, 9                         # TensorProto element types read
+_DTYPES = {_FLOAT: np.dtype("<f4"), _INT64: np.dtype("<i8"), _BOOL: np.dtype("?")}
 _EXTERNAL = 1                                           # TensorProto.EXTERNAL
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax"}
 #: Layer names taken from the file when they look like Keras names (no '/', which Keras refuses).
@@ -250,7 +250,12 @@ class _Importer:
             raise self.fail("sparse initializers are not supported")
         inputs = self._inputs()
         for node in self.graph.node:
-            _OPERATORS[node.op_type](self, node)
+            try:
+                _OPERATORS[node.op_type](self, node)
+            except ModelFileError:
+                raise
+            except _MALFORMED as e:  # our checks raise ModelFileError; these come from a node they missed
+                raise self.node_fail(node, f"malformed node ({type(e).__name__}: {e})") from None
         output = self._output()
         model = self._build(inputs, output)
         model.metadata = self._metadata()
@@ -316,7 +321,7 @@ class _Importer:
         dtype = _DTYPES.get(tensor.data_type)
         if dtype is None:
             raise self.fail(f"{what} has element type {tensor.data_type}; tinycnn reads float32 weights "
-                            f"(type 1) and int64 shapes (type 7)")
+                            f"(type 1), int64 shapes (type 7) and bool flags (type 9)")
         count = math.prod(dims)
         nbytes = count * dtype.itemsize
         if self.weight_bytes + nbytes > MAX_WEIGHT_BYTES:
@@ -333,7 +338,7 @@ class _Importer:
                                 f"truncated")
             array = np.frombuffer(tensor.raw_data, dtype=dtype)
         else:
-            typed = tensor.float_data if dtype.kind == "f" else tensor.int64_data
+            typed = {"f": tensor.float_data, "i": tensor.int64_data, "b": tensor.int32_data}[dtype.kind]
             if len(typed) != count:
                 raise self.fail(f"{what} declares the shape {dims} ({count:,} values) but holds {len(typed):,} "
                                 f"values of its type")
@@ -375,9 +380,9 @@ class _Importer:
             raise self.fail(f"{what}: the external file {location!r} ends before its data")
         return data
 
-    def _constant(self, node, index, what, dims=None):
-        """Input ``index`` of ``node`` as a constant array (initializer or Constant node), or None if
-        it is left out; ``dims`` (a tuple, -1 for any) checks its shape."""
+    def _constant(self, node, index, what, dims=None, kind="f"):
+        """Input ``index`` of ``node`` as a constant array (initializer or Constant node) of dtype
+        ``kind``, or None if it is left out; ``dims`` (a tuple, -1 for any) checks its shape."""
         if index >= len(node.input) or not node.input[index]:
             return None
         name = node.input[index]
@@ -388,8 +393,9 @@ class _Importer:
         if dims is not None and (array.ndim != len(dims) or any(d not in (-1, s) for d, s in zip(dims, array.shape))):
             shown = ", ".join("any" if d == -1 else str(d) for d in dims) + ("," if len(dims) == 1 else "")
             raise self.node_fail(node, f"{what} '{name}' has shape {array.shape}; expected ({shown})")
-        if array.dtype.kind != "f" and what != "shape":
-            raise self.node_fail(node, f"{what} '{name}' holds {array.dtype.name} values; expected float32")
+        if array.dtype.kind != kind:
+            expected = {"f": "float32", "i": "int64", "b": "bool"}[kind]
+            raise self.node_fail(node, f"{what} '{name}' holds {array.dtype.name} values; expected {expected}")
         return array
 
     def _value(self, node, index=0, layouts=None):
@@ -503,7 +509,10 @@ class _Importer:
         elif auto == "VALID":
             pads = [0, 0, 0, 0]
         elif auto == "NOTSET":
-            pads = self._ints(node, attributes, "pads", 4, [0, 0, 0, 0], 0)
+            pads = list(self._ints(node, attributes, "pads", 4, [0, 0, 0, 0], 0))
+            for i, (size, k, s) in enumerate(zip(sizes, kernel, strides)):  # trailing padding no window reaches
+                out = (size + pads[i] + pads[i + 2] - k) // s + 1
+                pads[i + 2] = min(pads[i + 2], max((out - 1) * s + k - size - pads[i], 0))
         else:
             raise self.unsupported(node, f"auto_pad={auto!r}")
         for padding in ("valid", "same"):
@@ -515,6 +524,7 @@ class _Importer:
                 ends.append(max((out - 1) * s + k - size - begin, 0))
             if fits and pads == begins + ends:
                 return padding
+        pads = attributes.get("pads", pads)
         raise self.unsupported(node, f"the padding {pads} (top, left, bottom, right) on a {sizes[0]}x{sizes[1]} "
                                      f"input with kernel {list(kernel)} and strides {list(strides)}: tinycnn "
                                      f"pads 'valid' (none) or 'same' (TensorFlow's rule, the odd one at the "
@@ -661,11 +671,13 @@ class _Importer:
         self._attributes(node, set())
         x = self._value(node, 0, (_FLAT, _NHWC))
         kernel = self._constant(node, 1, "weight", (-1, -1))
+        if kernel is None:
+            raise self.node_fail(node, "the weight input B is missing")
         self._dense(node, x, kernel, None)
 
     def _merge(self, node, cls):
         self._attributes(node, set())
-        xs = [self._value(node, i) for i in range(len(node.input))]
+        xs = [self._value(node, i) for i in range(max(len(node.input), 1))]
         first = xs[0]
         if any((x.layout, x.shape, x.chw) != (first.layout, first.shape, first.chw) for x in xs):
             raise self.unsupported(node, f"inputs of different shapes or layouts "
@@ -734,7 +746,7 @@ class _Importer:
 
     def _op_concat(self, node):
         axis = self._attributes(node, {"axis"}).get("axis")
-        xs = [self._value(node, i) for i in range(len(node.input))]
+        xs = [self._value(node, i) for i in range(max(len(node.input), 1))]
         first = xs[0]
         rank = first.onnx_rank()
         if not isinstance(axis, int) or not -rank <= axis < rank:
@@ -772,16 +784,16 @@ class _Importer:
         axis = self._attributes(node, {"axis"}).get("axis", 1)
         x = self._value(node)
         if axis not in (1, 1 - x.onnx_rank()):
-            raise self.unsupported(node, f"Flatten with axis={axis} (tinycnn flattens everything after the batch "
+            raise self.unsupported(node, f"Flatten with axis={axis!r} (tinycnn flattens everything after the batch "
                                          f"axis: axis=1)")
         self._flatten_value(node, x)
 
     def _op_reshape(self, node):
         allowzero = self._attributes(node, {"allowzero"}).get("allowzero", 0)
         x = self._value(node)
-        shape = self._constant(node, 1, "shape")
-        if shape is None or shape.dtype.kind != "i":
-            raise self.node_fail(node, "the target shape must be an int64 constant")
+        shape = self._constant(node, 1, "shape", kind="i")
+        if shape is None:
+            raise self.node_fail(node, "the target shape is missing")
         features = math.prod(x.shape)
         target = [int(v) for v in shape.reshape(-1)] if shape.ndim == 1 else None
         ok = target is not None and len(target) == 2 and (
@@ -814,7 +826,7 @@ class _Importer:
 
     def _op_dropout(self, node):
         self._attributes(node, {"seed"})
-        training = self._constant(node, 2, "training_mode")
+        training = self._constant(node, 2, "training_mode", kind="b")
         if training is not None and training.any():
             raise self.unsupported(node, "training_mode=True")
         if len(node.output) > 1 and node.output[1] and (self.readers.get(node.output[1]) or
@@ -926,6 +938,8 @@ def _decimal(value):
     return float(str(np.float32(value)))
 
 
+#: What reading a malformed node may raise beyond our own checks (reported as ModelFileError).
+_MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError)
 _LAYOUT_NAMES = {_NCHW: "NCHW", _NHWC: "NHWC", _POOLED: "(N, C, 1, 1)", _FLAT: "(N, features)"}
 #: ONNX operator -> the method that reads it.
 _OPERATORS = {
