@@ -312,9 +312,21 @@ def test_load_model_from_eight_threads_at_once(tmp_path):
 _THREAD_COUNT_SCRIPT = r"""
 import sys
 import numba, numpy as np
-from tinycnn.kernels import normalization as N  # importing tinycnn picks its threading layer first
+from tinycnn import _threads  # importing tinycnn picks its threading layer first
+from tinycnn.kernels import normalization as N
 from tinycnn.kernels._util import column_sums
 from tinycnn.layers import BatchNormalization
+
+# How many slices tinycnn spread each kernel over, at each thread count: a pass-through around
+# _threads._run_slices where the kernels go through tinycnn's own slices; None where they are
+# Numba prange loops (then the probe below shows how many of Numba's threads run one).
+slices = None
+if hasattr(_threads, "_run_slices"):
+    slices, run_slices = {}, _threads._run_slices
+    def spying(n, threads, work, *extra):
+        slices.setdefault(numba.get_num_threads(), set()).add(threads)
+        return run_slices(n, threads, work, *extra)
+    _threads._run_slices = spying
 
 @numba.njit(parallel=True)
 def workers(n):
@@ -333,14 +345,16 @@ def naive_sum(x):
         s += x[i]
     return s
 
+# Sizes above any grain below which a kernel is not worth splitting.
 gen = np.random.default_rng(0)
-x = (3 + gen.standard_normal((10007, 5))).astype(np.float32)
-dy = gen.standard_normal((10007, 5)).astype(np.float32)
-images = gen.standard_normal((16, 9, 9, 5)).astype(np.float32)
-d_images = gen.standard_normal((16, 9, 9, 5)).astype(np.float32)
-arrays = {}
+x = (3 + gen.standard_normal((40009, 5))).astype(np.float32)
+dy = gen.standard_normal((40009, 5)).astype(np.float32)
+images = gen.standard_normal((32, 24, 24, 8)).astype(np.float32)
+d_images = gen.standard_normal((32, 24, 24, 8)).astype(np.float32)
+arrays = {"tinycnn_slices": np.array(slices is not None)}
 for t in range(1, numba.config.NUMBA_NUM_THREADS + 1):
     numba.set_num_threads(t)
+    assert _threads.thread_count() == t
     mean, var = N.moments(x)
     bn = BatchNormalization()
     bn.build(images.shape[1:])
@@ -351,6 +365,8 @@ for t in range(1, numba.config.NUMBA_NUM_THREADS + 1):
                    f"{t}/batch_norm_output": out, f"{t}/batch_norm_dx": bn.backward(d_images).copy(),
                    f"{t}/batch_norm_moving": np.stack([bn.state["moving_mean"], bn.state["moving_variance"]]),
                    f"{t}/batch_norm_grads": np.stack([bn.grads["gamma"], bn.grads["beta"]])})
+    if slices is not None:
+        arrays[f"{t}/slices"] = np.array(sorted(slices.get(t, ())))
 np.savez(sys.argv[1], **arrays)
 """
 
@@ -361,8 +377,9 @@ def test_parallel_sums_are_the_same_at_any_thread_count(tmp_path):
 
     In a child process with ``NUMBA_NUM_THREADS=4``, which Numba honours on any machine (threads
     take turns on fewer cores), so the comparison never degenerates into 1 thread against itself.
-    Two controls keep it honest: at ``t`` threads, ``t`` different threads run a prange's
-    iterations; and a parallel sum without fixed blocks, compared the same way, does change."""
+    Two controls keep it honest: at ``t`` threads the kernels really run in ``t`` pieces (``t``
+    slices of tinycnn's own, or ``t`` of Numba's threads in a prange); and a parallel sum without
+    fixed blocks, compared the same way, does change."""
     import os
     import subprocess
     import sys
@@ -373,10 +390,13 @@ def test_parallel_sums_are_the_same_at_any_thread_count(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     with np.load(out) as saved:
         arrays = dict(saved)
-    names = {key.split("/", 1)[1] for key in arrays} - {"workers", "naive_sum"}
+    names = {key.split("/", 1)[1] for key in arrays if "/" in key} - {"workers", "naive_sum", "slices"}
     assert len(names) == 7
     for t in (2, 3, 4):
-        np.testing.assert_array_equal(arrays[f"{t}/workers"], np.arange(t))
+        if arrays["tinycnn_slices"]:
+            np.testing.assert_array_equal(arrays[f"{t}/slices"], [t])
+        else:
+            np.testing.assert_array_equal(arrays[f"{t}/workers"], np.arange(t))
         for name in names:
             assert np.array_equal(arrays[f"{t}/{name}"], arrays[f"1/{name}"]), (name, t)
     assert any(arrays[f"{t}/naive_sum"] != arrays["1/naive_sum"] for t in (2, 3, 4))
