@@ -280,7 +280,7 @@ def test_moments_survive_a_large_mean_in_float32():
 
 def test_parallel_sums_do_not_depend_on_the_thread_count():
     import numba
-    x = rand((10007, 5), np.float32)
+    x = rand((40009, 5), np.float32)  # above the size from which a sum is split over threads
     results = []
     for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
         numba.set_num_threads(threads)
@@ -369,3 +369,65 @@ def test_adam_kernel_matches_reference(dtype):
         O.adam_update(p, g, m, v, lr_t, 0.9, 0.999, 1e-7)
         p_ref, m_ref, v_ref = R.adam_step(p_ref, g.astype(np.float64), m_ref, v_ref, t, lr=1e-2)
     np.testing.assert_allclose(p, p_ref, **tol(dtype))
+
+
+# --- how the kernels are spread over threads (kernels/_util.py, _threads.in_slices) ---------------
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Split in two whatever the machine's core count (threads also run on one core)."""
+    from tinycnn import _threads
+    monkeypatch.setattr(_threads, "thread_count", lambda: 2)
+
+
+def test_in_slices_covers_the_rows_once_in_order_and_runs_nested_calls_inline(two_threads):
+    import threading
+    from tinycnn import _threads
+    seen, lock = [], threading.Lock()
+
+    def work(lo, hi):
+        inner = []
+        _threads.in_slices(10, lambda a, b: inner.append((a, b, threading.get_ident())), 10**9)
+        with lock:
+            seen.append((lo, hi, threading.get_ident(), inner))
+
+    _threads.in_slices(1000, work, 10**9)
+    seen.sort()
+    assert [(lo, hi) for lo, hi, _, _ in seen] == [(0, 500), (500, 1000)]
+    assert seen[0][2] != seen[1][2]                    # two threads ran
+    for _, _, thread, inner in seen:                   # a split inside a slice runs whole, in that thread
+        assert inner == [(0, 10, thread)]
+    small = []
+    _threads.in_slices(1000, lambda lo, hi: small.append((lo, hi)), 2 * _threads.SLICE_GRAIN - 1)
+    assert small == [(0, 1000)]                        # too little work to be worth a second thread
+
+
+def test_in_slices_raises_a_slice_error_here(two_threads):
+    from tinycnn import _threads
+
+    def work(lo, hi):
+        if lo > 0:
+            raise ValueError("second slice failed")
+
+    with pytest.raises(ValueError, match="second slice failed"):
+        _threads.in_slices(10, work, 10**9)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_wise_kernels_give_the_same_bits_split_or_whole(dtype, monkeypatch):
+    """by_rows hands each thread a slice of rows; every row is computed as in one call, so the
+    split changes no bit (forward, backward and an optimizer update)."""
+    from tinycnn import _threads
+    z = rand((300, 700), dtype)                        # 210,000 elements: split in two
+    dy = rand(z.shape, dtype, seed=1)
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setattr(_threads, "thread_count", lambda threads=threads: threads)
+        y, dz = np.empty_like(z), np.empty_like(z)
+        A.sigmoid_forward(z, y)
+        A.softmax_backward(dy, y, dz)
+        p, m, v = z.ravel().copy(), np.zeros(z.size, dtype), np.zeros(z.size, dtype)
+        O.adam_update(p, dy.ravel(), m, v, 1e-3, 0.9, 0.999, 1e-7)
+        results.append((y, dz, p, m, v))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

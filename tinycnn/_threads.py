@@ -1,19 +1,26 @@
 """Threading arrangement, decided once at import time.
 
-Two pools of threads serve tinycnn: Numba's (the ``prange`` loops of batch norm, pooling, dropout,
-the optimizer) and the BLAS's (matrix products). Both spin for a while after finishing, to be
-ready for the next call, and a spinning thread steals its core from whatever runs next:
+tinycnn's Numba kernels are serial loops that release the GIL. This module spreads them over the
+cores with one small pool of Python threads: :func:`in_slices` gives each thread a slice of an
+array's rows (batch norm, activations, pooling, dropout, the optimizers), :func:`split_batch` a
+slice of the batch for the convolutions and Dense (the whole chunk loop: serial kernels and
+single-threaded BLAS products). Why not Numba's ``parallel=True`` and a threaded BLAS:
 
-* Numba's OpenMP layer slowed the following BLAS call 3-8x on a 2-core machine. The ``workqueue``
-  layer parks its workers instead, so we pick it unless the user chose a layer with the
-  ``NUMBA_THREADING_LAYER`` environment variable.
-* OpenBLAS's idle workers spin (yielding) for about 0.1 s after each threaded product. Every Numba
-  kernel between two products (im2col, Winograd transforms, batch norm, pooling) then shared the
-  cores with them: one training step took 300 ms, against 198 ms with ``OPENBLAS_THREAD_TIMEOUT=4``
-  (workers sleep at once). That variable only works before NumPy loads OpenBLAS, so Conv2D and
-  Dense use :func:`split_batch` (and :func:`split_batch_sum` for weight gradients) instead: each thread takes a slice of the batch and runs the whole
-  chunk loop on it (serial Numba kernels that release the GIL, and single-threaded BLAS), so
-  OpenBLAS's own workers never wake. Each thread's data also stays in its own core's cache.
+* Both keep their threads spinning for a while after finishing, to be ready for the next call, and
+  a spinning thread steals its core from whatever runs next. Numba's OpenMP layer slowed the
+  following BLAS call 3-8x on a 2-core machine. OpenBLAS's idle workers spin (yielding) for about
+  0.1 s after each threaded product: one training step took 300 ms, against 198 ms with
+  ``OPENBLAS_THREAD_TIMEOUT=4`` (workers sleep at once), a variable that only works before NumPy
+  loads OpenBLAS. In :func:`split_batch`, OpenBLAS's own workers never wake, and each thread's
+  data stays in its own core's cache.
+* A ``parallel=True`` function takes several times longer to compile than the same loop serial
+  (about 1.3 s against 0.3 s here), paid on every fresh install.
+* Numba's ``workqueue`` layer aborts the process when two Python threads launch parallel
+  functions at once.
+
+What still runs Numba-parallel (the convolutions' whole-batch kernel variants, used when the batch
+cannot be split) uses the ``workqueue`` layer, picked here unless the user chose a layer with the
+``NUMBA_THREADING_LAYER`` environment variable: it parks its workers instead of spinning.
 
 This module must be imported before any parallel kernel first runs; ``tinycnn/__init__.py`` does so.
 """
@@ -103,6 +110,75 @@ def thread_count():
     return numba.get_num_threads()
 
 
+def _thread_pool(threads):
+    """The pool of ``threads - 1`` workers (the calling thread is the first of the team)."""
+    global _pool, _pool_size
+    if _pool is None or _pool_size < threads - 1:
+        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="tinycnn",
+                                   initializer=_mark_inside)
+        _pool_size = threads - 1
+    return _pool
+
+
+#: ``_inside.active`` is True in a thread that is running one slice of a split: a kernel it calls
+#: runs whole in that thread instead of splitting again (a pool worker waiting for a task queued
+#: behind itself would wait forever).
+_inside = threading.local()
+
+
+def _mark_inside():
+    _inside.active = True
+
+
+@contextmanager
+def _slice_of_split():
+    before = getattr(_inside, "active", False)
+    _inside.active = True
+    try:
+        yield
+    finally:
+        _inside.active = before
+
+
+def _run_slices(n, threads, work, *extra):
+    """``work(lo, hi, *extra_i)`` on ``threads`` contiguous slices of ``range(n)``: slice 0 here,
+    the others in the pool; waits for all and raises the first error."""
+    bounds = [n * i // threads for i in range(threads + 1)]
+    futures = [_thread_pool(threads).submit(work, bounds[i], bounds[i + 1], *(e[i] for e in extra))
+               for i in range(1, threads)]
+    try:
+        with _slice_of_split():
+            work(bounds[0], bounds[1], *(e[0] for e in extra))
+    finally:
+        for f in futures:
+            f.result()
+
+
+#: Elements below which :func:`in_slices` runs a kernel whole in the calling thread: handing a
+#: slice to the pool and waiting for it costs some tens of microseconds, about what a pass over
+#: this many float32 values takes.
+SLICE_GRAIN = 1 << 16
+
+
+def in_slices(n, work, elements):
+    """Run ``work(lo, hi)`` over ``range(n)`` (rows of an array, blocks of a sum), one contiguous
+    slice per thread: how every element-wise and row-wise kernel is spread over the cores.
+
+    The kernels themselves are serial Numba functions that release the GIL (``nogil=True``), so
+    Python threads run them truly in parallel. Compared with Numba's own ``parallel=True``, this
+    compiles several times faster (no parallel-loop lowering) and never meets the ``workqueue``
+    layer's abort on concurrent parallel launches. ``elements`` (what the kernel touches) decides
+    whether splitting pays: below ``2 * SLICE_GRAIN``, on one thread, or inside a slice of another
+    split, ``work(0, n)`` runs here. Slices are contiguous and in order, so a kernel that writes
+    each row from that row alone gives the same bits at any thread count.
+    """
+    threads = min(thread_count(), n)
+    if threads <= 1 or elements < 2 * SLICE_GRAIN or getattr(_inside, "active", False):
+        work(0, n)
+        return
+    _run_slices(n, threads, work)
+
+
 def split_batch(n, work):
     """Run ``work(lo, hi, slot, serial)`` over the batch ``range(n)``.
 
@@ -112,23 +188,13 @@ def split_batch(n, work):
     serial kernels. Otherwise ``work(0, n, 0, False)`` runs here with the parallel kernels and
     threaded BLAS. Exceptions in a slice are raised here.
     """
-    global _pool, _pool_size
     threads = min(thread_count(), n)
     controllers = _blas_controllers() if threads > 1 else []
     if threads <= 1 or not controllers:
         work(0, n, 0, False)
         return
-    if _pool is None or _pool_size < threads - 1:
-        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="tinycnn")
-        _pool_size = threads - 1
-    bounds = [n * i // threads for i in range(threads + 1)]
     with _single_threaded_blas(controllers):
-        futures = [_pool.submit(work, bounds[i], bounds[i + 1], i, True) for i in range(1, threads)]
-        try:
-            work(bounds[0], bounds[1], 0, True)
-        finally:
-            for f in futures:
-                f.result()
+        _run_slices(n, threads, work, range(threads), [True] * threads)
 
 
 

@@ -4,6 +4,11 @@ Every function here is a plain ``@njit(cache=True)`` function on NumPy arrays: n
 They are generic over float32 and float64 (Numba compiles one version per dtype on first call) and
 trust their inputs: shapes and dtypes are checked once, one floor up, in the layers.
 
+They are serial loops that release the GIL (``nogil=True``). Threads are added from outside:
+``_util.by_rows`` runs a row-wise kernel on one slice of rows per thread, ``_util.sum_blocks`` a
+sum over rows in fixed blocks, and the convolutions split the batch (``_threads.split_batch``).
+Only the convolution kernels' whole-batch variants still use Numba's ``parallel=True``.
+
 Reading order for a learner:
 
 * ``conv.py``          im2col / col2im: how a convolution becomes one matrix product

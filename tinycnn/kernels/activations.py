@@ -12,30 +12,35 @@ here is a function of ``y``:
 """
 import math
 
-from numba import njit, prange
+from numba import njit
+
+from ._util import by_rows
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1)
+@njit(nogil=True, cache=True)
 def relu_forward(z2d, y2d):
     m, f = z2d.shape
-    for r in prange(m):
+    for r in range(m):
         for k in range(f):
             v = z2d[r, k]
             y2d[r, k] = v if v > 0 else 0
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 2)
+@njit(nogil=True, cache=True)
 def relu_backward(dy2d, y2d, dz2d):
     m, f = dy2d.shape
-    for r in prange(m):
+    for r in range(m):
         for k in range(f):
             dz2d[r, k] = dy2d[r, k] if y2d[r, k] > 0 else 0
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1)
+@njit(nogil=True, cache=True)
 def sigmoid_forward(z2d, y2d):
     m, f = z2d.shape
-    for r in prange(m):
+    for r in range(m):
         for k in range(f):
             v = z2d[r, k]
             # Two branches so that exp never overflows.
@@ -46,37 +51,41 @@ def sigmoid_forward(z2d, y2d):
                 y2d[r, k] = e / (1.0 + e)
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 2)
+@njit(nogil=True, cache=True)
 def sigmoid_backward(dy2d, y2d, dz2d):
     m, f = dy2d.shape
-    for r in prange(m):
+    for r in range(m):
         for k in range(f):
             y = y2d[r, k]
             dz2d[r, k] = dy2d[r, k] * y * (1 - y)
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1)
+@njit(nogil=True, cache=True)
 def tanh_forward(z2d, y2d):
     m, f = z2d.shape
-    for r in prange(m):
+    for r in range(m):
         for k in range(f):
             y2d[r, k] = math.tanh(z2d[r, k])
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 2)
+@njit(nogil=True, cache=True)
 def tanh_backward(dy2d, y2d, dz2d):
     m, f = dy2d.shape
-    for r in prange(m):
+    for r in range(m):
         for k in range(f):
             y = y2d[r, k]
             dz2d[r, k] = dy2d[r, k] * (1 - y * y)
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1)
+@njit(nogil=True, cache=True)
 def softmax_forward(z2d, y2d):
     """Row-wise softmax, shifted by the row maximum so that no exponent overflows."""
     m, f = z2d.shape
-    for r in prange(m):
+    for r in range(m):
         top = z2d[r, 0]
         for k in range(1, f):
             if z2d[r, k] > top:
@@ -91,11 +100,12 @@ def softmax_forward(z2d, y2d):
             y2d[r, k] *= inv
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 2)
+@njit(nogil=True, cache=True)
 def softmax_backward(dy2d, y2d, dz2d):
     """Vector-Jacobian product of the softmax: ``dz = y * (dy - <dy, y>)`` per row."""
     m, f = dy2d.shape
-    for r in prange(m):
+    for r in range(m):
         dot = 0.0
         for k in range(f):
             dot += dy2d[r, k] * y2d[r, k]
@@ -103,7 +113,8 @@ def softmax_backward(dy2d, y2d, dz2d):
             dz2d[r, k] = y2d[r, k] * (dy2d[r, k] - dot)
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 3, 4)
+@njit(nogil=True, cache=True)
 def dropout_forward(x, u, rate, y, mask):
     """Inverted dropout on flat arrays: keep where ``u >= rate``, scale kept values by 1/(1-rate).
 
@@ -111,7 +122,7 @@ def dropout_forward(x, u, rate, y, mask):
     mask : ndarray (M,) uint8, written (1 = kept)
     """
     scale = 1.0 / (1.0 - rate)
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         if u[i] >= rate:
             mask[i] = 1
             y[i] = x[i] * scale
@@ -120,8 +131,9 @@ def dropout_forward(x, u, rate, y, mask):
             y[i] = 0
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 3)
+@njit(nogil=True, cache=True)
 def dropout_backward(dy, mask, rate, dx):
     scale = 1.0 / (1.0 - rate)
-    for i in prange(dy.shape[0]):
+    for i in range(dy.shape[0]):
         dx[i] = dy[i] * scale if mask[i] else 0

@@ -30,13 +30,16 @@ constant for ``fill_value``), so its backward pass is the transpose of that map:
   ``f`` the image's factor: ``y = (x - m) f + m = f x + (1 - f) m``. The mean depends on every pixel,
   so ``dx = f dy + (1 - f) mean(dy)`` (:func:`contrast_backward`).
 
-Parallel loops run over images: iteration ``n`` reads and writes image ``n`` only, so the scatter of
-the backward pass never touches memory another iteration writes.
+The kernels are spread over threads by images (``_util.by_rows``): a slice of images reads and
+writes its own images only, so the scatter of the backward pass never touches memory another thread
+writes.
 """
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from ._util import by_rows
 
 #: Fill-mode codes taken by the kernels (the layers turn Keras's names into these).
 FILL_CONSTANT = 0
@@ -48,7 +51,8 @@ FILL_MODES = {"constant": FILL_CONSTANT, "nearest": FILL_NEAREST, "reflect": FIL
 
 # --- flip -----------------------------------------------------------------------------------------
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 2)
+@njit(nogil=True, cache=True)
 def flip(x, flips, y):
     """Flip each image up-down and/or left-right. Its own adjoint: backward is the same call on ``dy``.
 
@@ -60,7 +64,7 @@ def flip(x, flips, y):
     y : ndarray (N, H, W, C), written (must not be ``x``).
     """
     n_img, h, w, c = x.shape
-    for n in prange(n_img):
+    for n in range(n_img):
         flip_v = flips[n, 0] != 0
         flip_h = flips[n, 1] != 0
         for i in range(h):
@@ -121,7 +125,8 @@ def _taps(ys, xs, h, w, fill_mode, bilinear, rows, cols, weights):
             rows[t], cols[t], weights[t] = -1, -1, 0.0
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 5)
+@njit(nogil=True, cache=True)
 def affine_sample(x, transforms, fill_mode, fill_value, bilinear, y):
     """Resample every image at the points its transform maps the output grid to.
 
@@ -140,7 +145,7 @@ def affine_sample(x, transforms, fill_mode, fill_value, bilinear, y):
     y : ndarray (N, H, W, C), written (must not be ``x``).
     """
     n_img, h, w, c = x.shape
-    for n in prange(n_img):
+    for n in range(n_img):
         rows = np.empty(4, np.int64)
         cols = np.empty(4, np.int64)
         weights = np.empty(4)
@@ -161,7 +166,8 @@ def affine_sample(x, transforms, fill_mode, fill_value, bilinear, y):
                     y[n, i, j, ch] = total
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 4)
+@njit(nogil=True, cache=True)
 def affine_sample_backward(dy, transforms, fill_mode, bilinear, dx):
     """Adjoint of :func:`affine_sample`: scatter each output gradient to the pixels it read.
 
@@ -178,7 +184,7 @@ def affine_sample_backward(dy, transforms, fill_mode, bilinear, dx):
     The scatter stays inside image ``n``, which only iteration ``n`` touches.
     """
     n_img, h, w, c = dy.shape
-    for n in prange(n_img):
+    for n in range(n_img):
         rows = np.empty(4, np.int64)
         cols = np.empty(4, np.int64)
         weights = np.empty(4)
@@ -200,7 +206,8 @@ def affine_sample_backward(dy, transforms, fill_mode, bilinear, dx):
 
 # --- contrast -------------------------------------------------------------------------------------
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 2)
+@njit(nogil=True, cache=True)
 def contrast_forward(x, factors, y):
     """``y = (x - m) * f + m`` with ``m`` each image's per-channel mean and ``f`` its factor.
 
@@ -211,7 +218,7 @@ def contrast_forward(x, factors, y):
     y : ndarray (N, H, W, C), written (may be ``x``).
     """
     n_img, h, w, c = x.shape
-    for n in prange(n_img):
+    for n in range(n_img):
         mean = np.zeros(c)
         for i in range(h):
             for j in range(w):
@@ -225,7 +232,6 @@ def contrast_forward(x, factors, y):
                     y[n, i, j, ch] = f * x[n, i, j, ch] + (1.0 - f) * mean[ch]
 
 
-@njit(cache=True)
 def contrast_backward(dy, factors, dx):
     """Gradient of :func:`contrast_forward`: ``dx = f dy + (1 - f) mean(dy)`` per image and channel.
 

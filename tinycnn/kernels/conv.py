@@ -25,7 +25,7 @@ The two products run in BLAS (called from the layer); the copies run here.
 import numpy as np
 from numba import njit, prange
 
-from ._util import N_CHUNKS
+from ._util import block_rows, by_rows, n_blocks, sum_blocks
 
 
 def conv_output_length(size, kernel, stride, padding):
@@ -154,7 +154,8 @@ def col2im_serial(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx):
         _col2im_row(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx, t)
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0)
+@njit(nogil=True, cache=True)
 def bias_act_forward(y2d, bias, relu):
     """In place: ``y2d += bias``, then ``max(y2d, 0)`` if ``relu``. The convolution/Dense epilogue.
 
@@ -162,7 +163,7 @@ def bias_act_forward(y2d, bias, relu):
     """
     m, f = y2d.shape
     has_bias = bias.shape[0] > 0
-    for r in prange(m):
+    for r in range(m):
         for k in range(f):
             v = y2d[r, k]
             if has_bias:
@@ -173,7 +174,21 @@ def bias_act_forward(y2d, bias, relu):
                 y2d[r, k] = v
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
+def _bias_act_backward_blocks(dy2d, y2d, relu, dz2d, part, b0, b1):
+    """Blocks ``b0..b1-1`` of :func:`bias_act_backward`: their rows of ``dz`` and column sums."""
+    m, f = dy2d.shape
+    for blk in range(b0, b1):
+        r0, r1 = block_rows(blk, m, part.shape[0])
+        for r in range(r0, r1):
+            for k in range(f):
+                g = dy2d[r, k]
+                if relu and not (y2d[r, k] > 0):
+                    g = 0
+                dz2d[r, k] = g
+                part[blk, k] += g
+
+
 def bias_act_backward(dy2d, y2d, relu, dz2d):
     """Gradient through the epilogue: ``dz = dy * (y > 0)`` (or ``dy``), and the bias gradient.
 
@@ -191,20 +206,5 @@ def bias_act_backward(dy2d, y2d, relu, dz2d):
         result does not depend on the thread count.
     """
     m, f = dy2d.shape
-    nb = min(N_CHUNKS, m) if m > 0 else 1
-    part = np.zeros((nb, f))
-    for blk in prange(nb):
-        r0 = blk * m // nb
-        r1 = (blk + 1) * m // nb
-        for r in range(r0, r1):
-            for k in range(f):
-                g = dy2d[r, k]
-                if relu and not (y2d[r, k] > 0):
-                    g = 0
-                dz2d[r, k] = g
-                part[blk, k] += g
-    db = np.zeros(f)
-    for blk in range(nb):
-        for k in range(f):
-            db[k] += part[blk, k]
-    return db
+    return sum_blocks(_bias_act_backward_blocks, m, 2 * dy2d.size, (dy2d, y2d, relu, dz2d),
+                      [np.zeros((n_blocks(m), f))])[0]

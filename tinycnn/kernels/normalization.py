@@ -20,12 +20,25 @@ so the backward pass is :func:`backward_sums` (one read of ``dy`` and ``x``) plu
 :func:`backward_apply` (one more read and a write).
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._util import N_CHUNKS
+from ._util import block_rows, by_rows, n_blocks, sum_blocks
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
+def _moment_blocks(x2d, s1, s2, b0, b1):
+    """Blocks ``b0..b1-1`` of :func:`moments`' sums: ``s1[blk] = sum(x - x[0])``, ``s2[blk] =
+    sum((x - x[0])^2)`` over the block's rows."""
+    m, c = x2d.shape
+    for blk in range(b0, b1):
+        r0, r1 = block_rows(blk, m, s1.shape[0])
+        for r in range(r0, r1):
+            for k in range(c):
+                d = np.float64(x2d[r, k]) - x2d[0, k]
+                s1[blk, k] += d
+                s2[blk, k] += d * d
+
+
 def moments(x2d):
     """Per-channel mean and (biased) variance, accumulated in float64.
 
@@ -35,70 +48,56 @@ def moments(x2d):
     x2d : ndarray (M, C) -> (mean, var), each ndarray (C,) float64
     """
     m, c = x2d.shape
-    nb = min(N_CHUNKS, m)
-    s1 = np.zeros((nb, c))
-    s2 = np.zeros((nb, c))
-    for blk in prange(nb):
-        for r in range(blk * m // nb, (blk + 1) * m // nb):
-            for k in range(c):
-                d = np.float64(x2d[r, k]) - x2d[0, k]
-                s1[blk, k] += d
-                s2[blk, k] += d * d
-    mean = np.zeros(c)
-    var = np.zeros(c)
-    for k in range(c):
-        a = 0.0
-        b = 0.0
-        for blk in range(nb):
-            a += s1[blk, k]
-            b += s2[blk, k]
-        a /= m
-        mean[k] = x2d[0, k] + a
-        var[k] = max(b / m - a * a, 0.0)
+    nb = n_blocks(m)
+    a, b = sum_blocks(_moment_blocks, m, x2d.size, (x2d,), [np.zeros((nb, c)), np.zeros((nb, c))])
+    a /= m
+    mean = x2d[0] + a
+    var = np.maximum(b / m - a * a, 0.0)
     return mean, var
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 3)
+@njit(nogil=True, cache=True)
 def channel_affine(x2d, scale, shift, y2d):
     """``y = x * scale + shift`` per channel. x2d, y2d : (M, C); scale, shift : (C,)"""
     m, c = x2d.shape
-    for r in prange(m):
+    for r in range(m):
         for k in range(c):
             y2d[r, k] = x2d[r, k] * scale[k] + shift[k]
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
+def _backward_sum_blocks(dy2d, x2d, mean, s1, s2, b0, b1):
+    """Blocks ``b0..b1-1`` of :func:`backward_sums`."""
+    m, c = dy2d.shape
+    for blk in range(b0, b1):
+        r0, r1 = block_rows(blk, m, s1.shape[0])
+        for r in range(r0, r1):
+            for k in range(c):
+                g = np.float64(dy2d[r, k])
+                s1[blk, k] += g
+                s2[blk, k] += g * (x2d[r, k] - mean[k])
+
+
 def backward_sums(dy2d, x2d, mean):
     """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` in float64, deterministic.
 
     dy2d, x2d : (M, C); mean : (C,) -> (sum_dy, sum_dy_xc), each (C,) float64
     """
     m, c = dy2d.shape
-    nb = min(N_CHUNKS, m)
-    s1 = np.zeros((nb, c))
-    s2 = np.zeros((nb, c))
-    for blk in prange(nb):
-        for r in range(blk * m // nb, (blk + 1) * m // nb):
-            for k in range(c):
-                g = np.float64(dy2d[r, k])
-                s1[blk, k] += g
-                s2[blk, k] += g * (x2d[r, k] - mean[k])
-    sum_dy = np.zeros(c)
-    sum_dy_xc = np.zeros(c)
-    for blk in range(nb):
-        for k in range(c):
-            sum_dy[k] += s1[blk, k]
-            sum_dy_xc[k] += s2[blk, k]
-    return sum_dy, sum_dy_xc
+    nb = n_blocks(m)
+    return tuple(sum_blocks(_backward_sum_blocks, m, 2 * dy2d.size, (dy2d, x2d, mean),
+                            [np.zeros((nb, c)), np.zeros((nb, c))]))
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 6)
+@njit(nogil=True, cache=True)
 def backward_apply(dy2d, x2d, mean, a, b, cc, dx2d):
     """``dx = a * dy + b * (x - mean) + c`` per channel.
 
     dy2d, x2d, dx2d : (M, C); mean, a, b, cc : (C,)
     """
     m, c = dy2d.shape
-    for r in prange(m):
+    for r in range(m):
         for k in range(c):
             dx2d[r, k] = a[k] * dy2d[r, k] + b[k] * (x2d[r, k] - mean[k]) + cc[k]

@@ -27,13 +27,16 @@ step) and the moving average of the weights ``average = m * average + (1 - m) * 
 """
 import math
 
-from numba import njit, prange
+from numba import njit
+
+from ._util import by_rows
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 2, 3)
+@njit(nogil=True, cache=True)
 def adam_update(p, g, m, v, lr_t, beta_1, beta_2, epsilon):
     """p, g, m, v : ndarray (P,), updated in place (p, m, v)."""
-    for i in prange(p.shape[0]):
+    for i in range(p.shape[0]):
         gi = g[i]
         mi = m[i] + (1 - beta_1) * (gi - m[i])
         vi = v[i] + (1 - beta_2) * (gi * gi - v[i])
@@ -42,12 +45,13 @@ def adam_update(p, g, m, v, lr_t, beta_1, beta_2, epsilon):
         p[i] -= lr_t * mi / (math.sqrt(vi) + epsilon)
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 2, 3, 4)
+@njit(nogil=True, cache=True)
 def amsgrad_update(p, g, m, v, v_hat, lr_t, beta_1, beta_2, epsilon):
     """Adam's AMSGrad variant: as :func:`adam_update`, but divided by the running maximum
     ``v_hat = max(v_hat, v)`` of the second moment, so a step never grows because ``v`` shrank.
     p, g, m, v, v_hat : ndarray (P,), updated in place (p, m, v, v_hat)."""
-    for i in prange(p.shape[0]):
+    for i in range(p.shape[0]):
         gi = g[i]
         mi = m[i] + (1 - beta_1) * (gi - m[i])
         vi = v[i] + (1 - beta_2) * (gi * gi - v[i])
@@ -58,14 +62,15 @@ def amsgrad_update(p, g, m, v, v_hat, lr_t, beta_1, beta_2, epsilon):
         p[i] -= lr_t * mi / (math.sqrt(hi) + epsilon)
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 2)
+@njit(nogil=True, cache=True)
 def sgd_update(p, g, velocity, lr, momentum, nesterov):
     """p, g, velocity : ndarray (P,); velocity unused (size 0 allowed) when momentum == 0."""
     if momentum == 0:
-        for i in prange(p.shape[0]):
+        for i in range(p.shape[0]):
             p[i] -= lr * g[i]
         return
-    for i in prange(p.shape[0]):
+    for i in range(p.shape[0]):
         vel = momentum * velocity[i] - lr * g[i]
         velocity[i] = vel
         if nesterov:
@@ -74,13 +79,14 @@ def sgd_update(p, g, velocity, lr, momentum, nesterov):
             p[i] += vel
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 2, 3, 4)
+@njit(nogil=True, cache=True)
 def rmsprop_update(p, g, velocity, momentum_buffer, average_gradient, lr, rho, momentum, epsilon):
     """RMSprop (Keras form). p, g, velocity : ndarray (P,). ``momentum_buffer`` is used when
     ``momentum > 0`` and ``average_gradient`` (the centred variant) when it has P entries; either
     may have size 0 otherwise."""
     centered = average_gradient.shape[0] == p.shape[0]
-    for i in prange(p.shape[0]):
+    for i in range(p.shape[0]):
         gi = g[i]
         vi = rho * velocity[i] + (1 - rho) * gi * gi
         velocity[i] = vi
@@ -98,16 +104,18 @@ def rmsprop_update(p, g, velocity, momentum_buffer, average_gradient, lr, rho, m
             p[i] -= increment
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0)
+@njit(nogil=True, cache=True)
 def decay_weights(p, rate):
     """Decoupled weight decay, ``p -= p * rate`` with ``rate = weight_decay * lr``. p : ndarray (P,)."""
-    for i in prange(p.shape[0]):
+    for i in range(p.shape[0]):
         p[i] -= p[i] * rate
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1)
+@njit(nogil=True, cache=True)
 def moving_average_update(average, p, momentum):
     """Exponential moving average of the weights, ``average = momentum * average + (1 - momentum) * p``.
     average, p : ndarray (P,)."""
-    for i in prange(p.shape[0]):
+    for i in range(p.shape[0]):
         average[i] = momentum * average[i] + (1 - momentum) * p[i]

@@ -5,14 +5,18 @@ backward pass sends each output's gradient to that input only: ``dx[winner] += d
 order. Windows that reach into ``'same'`` padding ignore the padded positions (TensorFlow's rule):
 for max pooling they never win, for average pooling they are not counted in the divisor.
 
-Backward passes are parallel over images only: within one image, overlapping windows (stride smaller
-than the pool) may send gradient to the same input, so that part stays sequential and race-free.
+Every kernel is spread over threads by images (``_util.by_rows``): within one image, overlapping
+windows (stride smaller than the pool) may send gradient to the same input, so that part stays
+sequential and race-free.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from ._util import by_rows
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 7, 8)
+@njit(nogil=True, cache=True)
 def maxpool_forward(x, ph, pw, sh, sw, pt, pl, y, argmax):
     """
     x : ndarray (N, H, W, C)
@@ -21,7 +25,7 @@ def maxpool_forward(x, ph, pw, sh, sw, pt, pl, y, argmax):
     """
     n_img, h, w, c = x.shape
     oh, ow = y.shape[1], y.shape[2]
-    for t in prange(n_img * oh):
+    for t in range(n_img * oh):
         n = t // oh
         i = t % oh
         for j in range(ow):
@@ -50,7 +54,8 @@ def maxpool_forward(x, ph, pw, sh, sw, pt, pl, y, argmax):
                             argmax[n, i, j, ch] = idx if v > best else argmax[n, i, j, ch]
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 8)
+@njit(nogil=True, cache=True)
 def maxpool_backward(dy, argmax, ph, pw, sh, sw, pt, pl, dx):
     """Each window's gradient goes to the input that won it.
 
@@ -61,7 +66,7 @@ def maxpool_backward(dy, argmax, ph, pw, sh, sw, pt, pl, dx):
     """
     n_img, oh, ow, c = dy.shape
     h, w = dx.shape[1], dx.shape[2]
-    for n in prange(n_img):
+    for n in range(n_img):
         dx[n] = 0
         for i in range(oh):
             for j in range(ow):
@@ -79,12 +84,13 @@ def maxpool_backward(dy, argmax, ph, pw, sh, sw, pt, pl, dx):
                             dx[n, hi, wi, ch] += g
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 7)
+@njit(nogil=True, cache=True)
 def avgpool_forward(x, ph, pw, sh, sw, pt, pl, y):
     """Mean over the window's positions that lie inside the image."""
     n_img, h, w, c = x.shape
     oh, ow = y.shape[1], y.shape[2]
-    for t in prange(n_img * oh):
+    for t in range(n_img * oh):
         n = t // oh
         i = t % oh
         for j in range(ow):
@@ -107,12 +113,13 @@ def avgpool_forward(x, ph, pw, sh, sw, pt, pl, y):
                 y[n, i, j, ch] *= inv
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 7)
+@njit(nogil=True, cache=True)
 def avgpool_backward(dy, ph, pw, sh, sw, pt, pl, dx):
     """Each window hands ``dy / count`` to every in-image position it covered."""
     n_img, h, w, c = dx.shape
     oh, ow = dy.shape[1], dy.shape[2]
-    for n in prange(n_img):
+    for n in range(n_img):
         dx[n] = 0
         for i in range(oh):
             h0 = max(i * sh - pt, 0)
@@ -127,12 +134,13 @@ def avgpool_backward(dy, ph, pw, sh, sw, pt, pl, dx):
                             dx[n, hi, wi, ch] += dy[n, i, j, ch] * inv
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1)
+@njit(nogil=True, cache=True)
 def global_avgpool_forward(x, y):
     """x : (N, H, W, C) -> y : (N, C), the mean over H and W."""
     n_img, h, w, c = x.shape
     inv = 1.0 / (h * w)
-    for n in prange(n_img):
+    for n in range(n_img):
         for ch in range(c):
             y[n, ch] = 0
         for hi in range(h):
@@ -143,24 +151,26 @@ def global_avgpool_forward(x, y):
             y[n, ch] *= inv
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1)
+@njit(nogil=True, cache=True)
 def global_avgpool_backward(dy, dx):
     """dy : (N, C) -> dx : (N, H, W, C) = dy / (H*W) at every position."""
     n_img, h, w, c = dx.shape
     inv = 1.0 / (h * w)
-    for n in prange(n_img):
+    for n in range(n_img):
         for hi in range(h):
             for wi in range(w):
                 for ch in range(c):
                     dx[n, hi, wi, ch] = dy[n, ch] * inv
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 2)
+@njit(nogil=True, cache=True)
 def global_maxpool_forward(x, y, argmax):
     """x : (N, H, W, C) -> y : (N, C), the maximum over H and W; ``argmax[n, c]`` is the winner's
     flat position ``h * W + w`` (the first one on ties), for the backward pass."""
     n_img, h, w, c = x.shape
-    for n in prange(n_img):
+    for n in range(n_img):
         for ch in range(c):
             y[n, ch] = x[n, 0, 0, ch]
             argmax[n, ch] = 0
@@ -173,11 +183,12 @@ def global_maxpool_forward(x, y, argmax):
                     argmax[n, ch] = hi * w + wi if better else argmax[n, ch]
 
 
-@njit(parallel=True, cache=True)
+@by_rows(0, 1, 2)
+@njit(nogil=True, cache=True)
 def global_maxpool_backward(dy, argmax, dx):
     """dy : (N, C) -> dx : (N, H, W, C): each window's gradient goes to its winner, zeros elsewhere."""
     n_img, h, w, c = dx.shape
-    for n in prange(n_img):
+    for n in range(n_img):
         for hi in range(h):
             for wi in range(w):
                 for ch in range(c):
