@@ -5,7 +5,7 @@ imports changed, trained on *synthetic* "tissue" images generated in code: half 
 lesion-like blob, and every image has the same mean brightness, so the network must learn a local
 structure. Nothing is downloaded.
 
-    python examples/train_reference.py                 # about a minute and a half on 2 cores
+    python examples/train_reference.py
     python examples/train_reference.py --epochs 10 --samples 1024 --save model.npz
 
 Read it top to bottom: data, model, compile, fit, evaluate, as in Keras.

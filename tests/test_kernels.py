@@ -11,7 +11,6 @@ from tinycnn.kernels import optimizers as O
 from tinycnn.kernels import pooling as P
 from tinycnn.kernels import reference as R
 from tinycnn.kernels import winograd as W
-from tinycnn.kernels._util import column_sums
 
 DTYPES = [np.float32, np.float64]
 
@@ -276,18 +275,6 @@ def test_moments_survive_a_large_mean_in_float32():
     x = (1e4 + gen.standard_normal((4096, 3))).astype(np.float32)
     mean, var = N.moments(x)
     np.testing.assert_allclose(var, x.astype(np.float64).var(axis=0), rtol=1e-6)
-
-
-def test_parallel_sums_do_not_depend_on_the_thread_count():
-    import numba
-    x = rand((40009, 5), np.float32)  # above the size from which a sum is split over threads
-    results = []
-    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-        numba.set_num_threads(threads)
-        results.append((column_sums(x), N.moments(x)[1]))
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    for a, b in zip(results[0], results[-1]):
-        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

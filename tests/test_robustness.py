@@ -8,15 +8,10 @@
 * Big-endian and strided arrays train and predict exactly as their native contiguous copies.
 * Extreme numbers: logits of +-1e4 through a whole model, probabilities of exactly 0 and 1, batch
   norm on a batch of one or a constant channel, a run that diverges.
-* Repeatability: two training runs in fresh processes agree bit for bit; ``predict`` does not
-  depend on the batch a sample sits in.
+* Repeatability: ``predict`` does not depend on the batch a sample sits in (two training runs in
+  fresh processes agreeing bit for bit: tests/test_reproducibility.py).
 """
-import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
 import warnings
 
 import numpy as np
@@ -472,45 +467,6 @@ def test_auc_of_nan_predictions_is_nan_without_raising():
 
 
 # --- repeatability ----------------------------------------------------------------------------------
-
-_CHILD = textwrap.dedent("""
-    import hashlib, json
-    import numpy as np
-    import tinycnn
-    from tinycnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
-    from tinycnn.models import Sequential
-
-    tinycnn.set_seed(7)
-    model = Sequential([Conv2D(4, 3, padding="same", activation="relu", input_shape=(8, 8, 2)),
-                        BatchNormalization(), MaxPooling2D(), Flatten(), Dropout(0.3),
-                        Dense(3, activation="softmax")])
-    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy", "auc"])
-    gen = np.random.default_rng(0)
-    x = gen.random((48, 8, 8, 2), dtype=np.float32)
-    y = np.eye(3, dtype=np.float32)[gen.integers(0, 3, 48)]
-    history = model.fit(x, y, batch_size=8, epochs=3, verbose=0, validation_split=0.25)
-    weights = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
-    print(json.dumps({"weights": weights, "history": history.history}))
-""")
-
-
-def test_two_runs_in_fresh_processes_are_bit_identical():
-    """Same seed and thread count, different processes (and hash seeds): identical weights, to the
-    bit, and identical history. Both children run at once to save time."""
-    children = []
-    for hash_seed in ("1", "2"):
-        env = dict(os.environ, NUMBA_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2",
-                   MKL_NUM_THREADS="2", PYTHONHASHSEED=hash_seed, PYTHONWARNINGS="ignore")
-        children.append(subprocess.Popen([sys.executable, "-c", _CHILD], env=env, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True))
-    results = []
-    for child in children:
-        out, err = child.communicate(timeout=300)
-        assert child.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    assert results[0] == results[1]
-    assert len(results[0]["history"]["loss"]) == 3
-
 
 def test_predict_gives_a_sample_the_same_output_whatever_batch_it_is_in():
     """Sample 5 alone, first, last, in the middle of batches of several sizes and companions.
