@@ -274,12 +274,21 @@ class _Importer:
         nodes = self.graph.node
         if len(nodes) > MAX_NODES:
             raise self.fail(f"the graph has {len(nodes):,} nodes; tinycnn reads at most {MAX_NODES:,}")
+        if any(isinstance(text, bytes) for text in _names(self.proto)):  # protobuf's bytes for bad UTF-8
+            raise self.fail("a name or text field is not UTF-8 text: the file is corrupt")
         unknown = [n for n in nodes if n.op_type not in _OPERATORS or n.domain not in ("", "ai.onnx")]
         if unknown:
             shown = ", ".join(_label(n) for n in unknown[:10])
             more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
             raise self.fail(f"node {shown}{more}: operator not supported; tinycnn imports the operators "
                             f"{', '.join(sorted(_OPERATORS))} (see tinycnn/onnx_import.py)")
+        for node in nodes:
+            low, high, outputs = _ARITY.get(node.op_type, (1, 1, 1))
+            if not low <= len(node.input) <= high or not 1 <= len(node.output) <= outputs or not node.output[0]:
+                inputs = f"{low}" if low == high else f"{low} to {high}" if high < MAX_NODES else f"{low} or more"
+                made = "1 output" if outputs == 1 else f"1 to {outputs} outputs"
+                raise self.node_fail(node, f"has {len(node.input)} input(s) and {len(node.output)} output(s); "
+                                           f"{node.op_type} takes {inputs} input(s) and makes {made}")
         known = {t.name for t in self.graph.initializer} | {v.name for v in self.graph.input}
         later = {}
         for k, node in enumerate(nodes):
@@ -352,6 +361,8 @@ class _Importer:
     def _external(self, tensor, nbytes, what):
         """The bytes of a tensor stored outside the ONNX file (module docstring: where they may be)."""
         info = {entry.key: entry.value for entry in tensor.external_data}
+        if not all(isinstance(text, str) for text in (*info, *info.values())):
+            raise self.fail(f"{what}: its external-data entries are not UTF-8 text: the file is corrupt")
         location = info.get("location", "")
         folder = os.path.realpath(os.path.dirname(os.path.abspath(self.path)))
         target = os.path.realpath(os.path.join(folder, location))
@@ -826,7 +837,8 @@ class _Importer:
 
     def _op_dropout(self, node):
         self._attributes(node, {"seed"})
-        training = self._constant(node, 2, "training_mode", kind="b")
+        self._constant(node, 1, "ratio", dims=())  # unused at inference, but it must be a scalar
+        training = self._constant(node, 2, "training_mode", dims=(), kind="b")
         if training is not None and training.any():
             raise self.unsupported(node, "training_mode=True")
         if len(node.output) > 1 and node.output[1] and (self.readers.get(node.output[1]) or
@@ -906,6 +918,22 @@ class _Importer:
         return metadata
 
 
+def _names(proto):
+    """Every name and text field the importer reads (protobuf gives bytes where one is not UTF-8)."""
+    graph = proto.graph
+    yield graph.name
+    for node in graph.node:
+        yield from (node.name, node.op_type, node.domain, *node.input, *node.output)
+        yield from (a.name for a in node.attribute)
+    for tensor in graph.initializer:
+        yield tensor.name
+        yield from (text for entry in tensor.external_data for text in (entry.key, entry.value))
+    yield from (v.name for v in (*graph.input, *graph.output))
+    yield from (dim.dim_param for v in graph.input for dim in v.type.tensor_type.shape.dim)
+    yield from (text for prop in proto.metadata_props for text in (prop.key, prop.value))
+    yield from (o.domain for o in proto.opset_import)
+
+
 def _label(node):
     """How messages name a node: ``'/conv1/Conv' (Conv)``; an unnamed one by its first output."""
     name = f"'{node.name}'" if node.name else f"making '{node.output[0] if node.output else ''}'"
@@ -938,6 +966,11 @@ def _decimal(value):
     return float(str(np.float32(value)))
 
 
+#: ONNX's number of inputs (fewest, most) and most outputs of each operator read (others: 1, 1, 1).
+_ARITY = {"Conv": (2, 3, 1), "MaxPool": (1, 1, 2), "BatchNormalization": (5, 5, 3), "Gemm": (2, 3, 1),
+          "MatMul": (2, 2, 1), "Add": (2, 2, 1), "Sub": (2, 2, 1), "Mul": (2, 2, 1), "Sum": (1, MAX_NODES, 1),
+          "Mean": (1, MAX_NODES, 1), "Concat": (1, MAX_NODES, 1), "Reshape": (2, 2, 1), "Dropout": (1, 3, 2),
+          "Constant": (0, 0, 1)}
 #: What reading a malformed node may raise beyond our own checks (reported as ModelFileError).
 _MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError)
 _LAYOUT_NAMES = {_NCHW: "NCHW", _NHWC: "NHWC", _POOLED: "(N, C, 1, 1)", _FLAT: "(N, features)"}
