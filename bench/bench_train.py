@@ -1,4 +1,4 @@
-"""Training and inference throughput of tinycnn next to PyTorch and Keras, on one CNN workload.
+"""Training and inference throughput of tinycnn next to PyTorch, ONNX Runtime and Keras, on one CNN workload.
 
 Run from the repository root, with tinycnn installed::
 
@@ -25,6 +25,9 @@ random float32 images of 64x64x3 (``--image-size``) in batches of 32 (``--batch-
   with the same settings. Measured in both memory formats: channels_last is NHWC in memory, as
   tinycnn; NCHW is PyTorch's default. A training step is zero_grad, forward, loss, backward,
   ``optimizer.step()``; inference runs in ``eval()`` mode under ``torch.inference_mode()``.
+* **onnxruntime** (inference only): the tinycnn model itself, exported with ``model.export(...,
+  channels_first=True)`` and run by ONNX Runtime's CPU provider with ``--threads`` intra-op threads
+  and full graph optimisation, fed NCHW arrays prepared before timing (see ``onnxruntime_system``).
 * **keras[<backend>]**: Keras 3 with whatever backend it is configured for; ``train_on_batch`` and
   ``predict_on_batch``.
 
@@ -47,9 +50,10 @@ Reading the output
    ``GFLOP/s`` in the tables is ``images/s x`` the model's convolution and dense FLOPs per image
    (bias, normalisation and pooling not counted): it says how much of that ceiling a system turns
    into useful arithmetic.
-3. tinycnn only, each in a fresh subprocess (``bench/_probe.py``): peak resident memory of one
-   training step at batch B, and the time of ``import tinycnn`` + build + first training step with
-   Numba's cache already warm.
+3. Each in a fresh subprocess (``bench/_probe.py``): peak resident memory of one training step at
+   batch B, tinycnn's and (reference model, if installed) PyTorch's with their ratio; and the time
+   of ``import tinycnn`` + build + first training step, twice with Numba's cache already warm and
+   once with an empty cache (every kernel the step needs compiled: what a new user waits for).
 4. One table per task.
 5. Last, the ratios tinycnn / peer of the median images/s: above 1 tinycnn is faster, 0.5 means
    tinycnn runs at half the peer's speed.
@@ -64,6 +68,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -76,6 +81,7 @@ INSTALL_HINTS = {
     "torch": "pip install torch==2.13.0   (that exact pin: the CPU build; a bare `pip install torch` "
              "pulls a multi-GB CUDA build)",
     "keras": "pip install keras jax",
+    "onnxruntime": 'pip install "tinycnn[onnx]"   (onnx to export the model, onnxruntime to run it)',
 }
 
 #: Default seconds of idle time between two systems' repeats (``--settle``). Thread pools (OpenMP,
@@ -214,6 +220,33 @@ def torch_systems(torch, args, data, tasks):
     return systems
 
 
+def onnxruntime_system(ort, args, data, tasks, model):
+    """Inference only: the tinycnn model (the same weights) exported with ``model.export`` and run
+    by ONNX Runtime with ``--threads`` intra-op threads, as a deployment would run it.
+
+    Exported with ``channels_first=True`` and fed NCHW arrays prepared before timing, as PyTorch is:
+    ONNX Runtime's convolutions are NCHW, and a Transpose in front of them (the NHWC export) would
+    charge it for a copy no NCHW user pays. The graph is optimised fully (ORT_ENABLE_ALL: batch norm
+    folded into the convolution where it is exact, operators fused) at session creation, untimed.
+    """
+    import numpy as np
+    path = os.path.join(tempfile.mkdtemp(prefix="tinycnn-bench-"), "model.onnx")
+    model.export(path, channels_first=True)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    steps = {}
+    for key, _, kind, batch in tasks:
+        if kind != "infer":
+            continue
+        feed = {name: np.ascontiguousarray(data[batch][0].transpose(0, 3, 1, 2))}
+        steps[key] = lambda feed=feed: session.run(None, feed)
+    return System("onnxruntime", steps)
+
+
 def keras_system(keras, args, data, tasks):
     """The reference model in Keras 3, on whichever backend Keras is configured for."""
     if args.model != "reference":
@@ -291,6 +324,8 @@ def run_task(systems, task, args, failed):
     key, label, _, batch = task
     active = []
     for system in systems:
+        if key not in system.steps:  # an inference-only peer on a training task
+            continue
         progress(f"  {label}: warming up {system.name} ({args.warmup} steps)")
         try:
             time_steps(system.steps[key], max(1, args.warmup))
@@ -312,13 +347,13 @@ def run_task(systems, task, args, failed):
     return rates
 
 
-def run_probe(mode, args):
+def run_probe(mode, args, extra=(), env=None):
     """Run ``bench/_probe.py MODE`` in a fresh interpreter; its last stdout line is JSON."""
     command = [sys.executable, PROBE, mode, "--batch-size", str(args.batch_size),
-               "--image-size", str(args.image_size)]
+               "--image-size", str(args.image_size), *extra]
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=_common.thread_env(args.threads),
-                          timeout=1800)
+    done = subprocess.run(command, capture_output=True, text=True,
+                          env=dict(_common.thread_env(args.threads), **(env or {})), timeout=1800)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
@@ -330,16 +365,21 @@ def run_probe(mode, args):
 # --- report ---------------------------------------------------------------------------------------
 
 def print_probes(memory, startup, batch_size):
-    print("\ntinycnn in a fresh process (bench/_probe.py)")
-    if "error" in memory:
-        print(f"  memory probe failed: {memory['error']}")
-    else:
-        if memory.get("step_peak_mib") is not None:
-            print(f"  peak RSS during one training step (batch {batch_size}): {memory['step_peak_mib']:.0f} MiB "
-                  f"= steady {memory['steady_mib']:.0f} MiB (model, optimizer state, libraries) "
-                  f"+ {memory['step_transient_mib']:.0f} MiB transient")
-        print(f"  process peak RSS (import, build, warm-up and steps; {memory['method']}): "
-              f"{memory['process_peak_mib']:.0f} MiB")
+    print("\nIn a fresh process each (bench/_probe.py)")
+    for name, result in memory.items():
+        if "error" in result:
+            print(f"  {name} memory probe failed: {result['error']}")
+            continue
+        if result.get("step_peak_mib") is not None:
+            print(f"  {name}: peak RSS during one training step (batch {batch_size}): {result['step_peak_mib']:.0f} "
+                  f"MiB = steady {result['steady_mib']:.0f} MiB (model, optimizer state, libraries) "
+                  f"+ {result['step_transient_mib']:.0f} MiB transient")
+        print(f"  {name}: process peak RSS (import, build, warm-up and steps; {result['method']}): "
+              f"{result['process_peak_mib']:.0f} MiB")
+    peaks = {name: r.get("step_peak_mib") for name, r in memory.items() if "error" not in r}
+    if peaks.get("tinycnn") and peaks.get("torch[channels_last]"):
+        print(f"  peak RSS of a training step, tinycnn / torch[channels_last]: "
+              f"{peaks['tinycnn'] / peaks['torch[channels_last]']:.2f}x")
     for name, result in startup:
         if "error" in result:
             print(f"  start-up ({name}) failed: {result['error']}")
@@ -395,8 +435,9 @@ def parse_args(argv=None):
                         help="steps timed together in one repeat (default: %(default)s)")
     parser.add_argument("--model", choices=_common.MODELS, default="reference",
                         help="the workload: the reference CNN or ResNet-18 (default: %(default)s)")
-    parser.add_argument("--peers", default="torch,keras", metavar="LIST",
-                        help="comma-separated peers to compare with, among 'torch' and 'keras', or 'none' "
+    parser.add_argument("--peers", default="torch,onnxruntime,keras", metavar="LIST",
+                        help="comma-separated peers to compare with, among 'torch', 'onnxruntime' and 'keras', "
+                             "or 'none' "
                              "(default: %(default)s; a peer that is not installed is skipped)")
     parser.add_argument("--inference-batch-sizes", metavar="LIST",
                         help="comma-separated inference batch sizes (default: the training batch size and 256)")
@@ -442,7 +483,8 @@ def main(argv=None):
     systems = [ours]
     failed = dict(import_failed)
     builders = {"torch": lambda m: torch_systems(m, args, data, tasks),
-                "keras": lambda m: [keras_system(m, args, data, tasks)]}
+                "keras": lambda m: [keras_system(m, args, data, tasks)],
+                "onnxruntime": lambda m: [onnxruntime_system(m, args, data, tasks, model)]}
     for name in args.peer_list:
         if name not in modules:
             continue
@@ -474,14 +516,21 @@ def main(argv=None):
         progress(f"task: {task[1]}")
         results[task[0]] = run_task(systems, task, args, failed)
 
-    memory, startup = None, []
+    memory, startup = {}, []
     if not args.no_probes:
         progress("subprocess: peak RSS of a tinycnn training step ...")
-        memory = run_probe("memory", args)
+        memory["tinycnn"] = run_probe("memory", args)
+        if "torch" in modules and args.model == "reference":
+            progress("subprocess: peak RSS of a PyTorch training step ...")
+            memory["torch[channels_last]"] = run_probe("memory", args, ("--system", "torch"))
         # The parent has run every kernel, so Numba's cache is warm; two runs show whether it was.
-        for name in ("run 1", "run 2"):
+        for name in ("warm cache, run 1", "warm cache, run 2"):
             progress(f"subprocess: tinycnn start-up, {name} ...")
             startup.append((name, run_probe("startup", args)))
+        # What a new user waits for once: every kernel compiled, into a cache folder of its own.
+        with tempfile.TemporaryDirectory(prefix="tinycnn-empty-cache-") as empty:
+            progress("subprocess: tinycnn start-up with an empty Numba cache (compiles every kernel) ...")
+            startup.append(("empty cache", run_probe("startup", args, env={"NUMBA_CACHE_DIR": empty})))
         print_probes(memory, startup, args.batch_size)
 
     forward_flops, train_flops = _common.model_flops(model, 1)
@@ -520,7 +569,7 @@ def main(argv=None):
             "gemm": gemm,
             "flops_per_image": {"forward": forward_flops, "train_step": train_flops},
             "tinycnn_first_step_in_process_s": first_step_s,
-            "tinycnn_memory": memory,
+            "memory": memory,
             "tinycnn_startup": dict(startup),
             "tasks": {key: {"label": label, "kind": kind, "batch": batch,
                             "images_per_s": {name: _common.summarize(v) for name, v in results[key].items()}}
