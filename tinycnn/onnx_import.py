@@ -43,14 +43,15 @@ Operators and the layers they become
 * ``BatchNormalization`` (inference form) -> BatchNormalization with the moving statistics;
 * ``MaxPool``/``AveragePool``/``GlobalAveragePool``/``GlobalMaxPool`` -> the pooling layers;
 * ``Flatten`` and ``Reshape`` to ``(N, -1)`` -> Flatten;
-* ``Add``/``Sub``/``Mul``/``Sum``/``Mean``/``Concat`` -> the merge layers (``Sum`` followed by
-  ``Mul`` by ``1/n``, tinycnn's own export of Average, -> Average);
+* ``Add``/``Sub``/``Mul``/``Sum``/``Mean``/``Concat`` -> the merge layers; ``Sum`` then ``Mul`` by
+  ``1/n`` (tinycnn's export of Average) -> Average;
 * ``Constant`` and initializers give weights.
 
 ONNX spells out padding (``pads``); tinycnn has ``'valid'`` and ``'same'`` (TensorFlow's rule,
 the odd row at the bottom). Explicit pads are accepted when they are exactly what one of the two
-gives for the layer's input size, else refused (a PyTorch ``padding=1`` on a 3x3 kernel with
-stride 1 is ``'same'``; with stride 2 on an even size it is not, since PyTorch pads both sides).
+gives for the layer's input size (trailing padding that no window reaches aside), else refused: a
+PyTorch ``padding=1`` on a 3x3 kernel with stride 1 is ``'same'``; with stride 2 on an even size
+it is not, since PyTorch pads both sides (tinycnn has no ZeroPadding2D layer to express it).
 
 The file is untrusted input
 ---------------------------
@@ -61,7 +62,8 @@ with the file name:
 * the file's size (at most :data:`MAX_FILE_BYTES`) before it is read; protobuf parsing of the
   bytes only (``ModelProto.ParseFromString``: nothing else is opened or followed);
 * the graph: nodes at most :data:`MAX_NODES`, each reading only earlier values (no cycle, no
-  dangling input), each value made once, one graph output, known operators and attributes;
+  dangling input), each value made once, one graph output, names in UTF-8, known operators with
+  their numbers of inputs and outputs, known attributes (given once, of the right type);
 * every tensor's declared shape and type *before any array is made*: at most :data:`MAX_RANK`
   dimensions, its byte count within :data:`MAX_WEIGHT_BYTES` (all weights together) and equal to
   the data the file really holds, so a 16-byte tensor declaring 2**40 elements costs nothing;
@@ -71,9 +73,8 @@ with the file name:
   and only when its offset and length fit that file and the tensor's declared size; any other
   location (absolute, ``..``, a link leading out, missing) is refused.
 
-What a file may lack: ONNX files carry no checksum, so a file cut just after its graph (before the
-opset and metadata records) reads as a file without metadata; a cut anywhere inside the graph is
-refused.
+What cannot be seen: ONNX files carry no checksum, so a file cut between two of its metadata
+entries (the last records) reads as a file with fewer of them; a cut anywhere before is refused.
 """
 import json
 import math
@@ -579,7 +580,7 @@ class _Importer:
             raise self.unsupported(node, f"dilations={a['dilations']}")
         padding = self._padding(node, a, (h, w), kernel, strides)
         shape = tuple(conv_output_length(n, k, s, padding)[0] for n, k, s in zip((h, w), kernel, strides))
-        if a.get("ceil_mode", 0):
+        if a.get("ceil_mode", 0) and a.get("auto_pad", "NOTSET") == "NOTSET":  # (SAME_* sizes ignore ceil_mode)
             pads = a.get("pads", [0, 0, 0, 0])
             for n, k, s, out, low, high in zip((h, w), kernel, strides, shape, pads[:2], pads[2:]):
                 ceil_out = -(-(n + low + high - k) // s) + 1
@@ -807,6 +808,7 @@ class _Importer:
             raise self.node_fail(node, "the target shape is missing")
         features = math.prod(x.shape)
         target = [int(v) for v in shape.reshape(-1)] if shape.ndim == 1 else None
+        # (N, -1), (0, -1), (-1, features): a fixed batch size in the target is taken for any batch size
         ok = target is not None and len(target) == 2 and (
             (target[1] == -1 and target[0] >= 0 and not (allowzero and target[0] == 0))
             or (target[1] == features and target[0] >= -1 and not (allowzero and target[0] == 0)))
