@@ -213,7 +213,8 @@ def shared_conv_output(g):
 GRAPHS = {
     conv_relu: ["Conv2D"], conv_strided_valid_sigmoid: ["Conv2D"], conv_same_upper_tanh: ["Conv2D"],
     conv_even_kernel_same: ["Conv2D"], conv_padding_no_window_reaches: ["Conv2D"],
-    dropout_with_ratio_and_training_mode_inputs: ["Conv2D"], conv_softmax_over_channels: ["Conv2D"], conv_computed_bias: ["Conv2D"],
+    conv_softmax_over_channels: ["Conv2D"], conv_computed_bias: ["Conv2D"],
+    dropout_with_ratio_and_training_mode_inputs: ["Conv2D"],
     max_pool: ["MaxPooling2D"], max_pool_same_odd: ["MaxPooling2D"], average_pool_same: ["AveragePooling2D"],
     batch_norm: ["BatchNormalization"],
     global_average_flatten_gemm_softmax: ["Conv2D", "GlobalAveragePooling2D", "Dense"],
@@ -248,7 +249,8 @@ def test_what_each_operator_becomes(tmp_path):
     assert (conv.activation.name, conv.padding, conv.strides, conv.use_bias) == ("sigmoid", "valid", (2, 2), False)
     g = Graph()
     model = tinycnn.load_onnx(g.save(tmp_path / "c.onnx", batch_norm(g)))
-    assert model.layers[1].epsilon == 1e-5 and model.layers[1].momentum == 0.9  # ONNX's defaults, as decimals
+    # the file's float32 epsilon and ONNX's default momentum, as the decimals they stand for
+    assert model.layers[1].epsilon == 1e-5 and model.layers[1].momentum == 0.9
     g = Graph()
     model = tinycnn.load_onnx(g.save(tmp_path / "d.onnx", global_average_flatten_gemm_softmax(g)))
     assert model.layers[-1].activation.name == "softmax"  # so the loss reads the logits when it trains
@@ -336,7 +338,8 @@ def refusal(path):
      "and strides [2, 2]: tinycnn pads 'valid' (none) or 'same'"),
     (lambda g: g.node("Gemm", [g.node("Flatten", ["x"]), g.weight((72, 2))], alpha=2.0),
      "node '/gemm2' (Gemm): alpha=2.0, beta=1.0, transA=0 (tinycnn's Dense is A @ B + C) is not supported"),
-    (lambda g: g.node("Softmax", ["x"], axis=2), "node '/softmax1' (Softmax): Softmax over axis 2 of a NCHW tensor"),
+    (lambda g: g.node("Softmax", ["x"], axis=2),
+     "node '/softmax1' (Softmax): Softmax over axis 2 of a tensor in layout NCHW"),
     (lambda g: g.node("Add", [g.conv("x", 2, 3), g.conv("x", 2, 3, pads=(0, 0, 0, 0))]),
      "node '/add3' (Add): inputs of different shapes or layouts"),
     (lambda g: g.node("Mul", ["x", g.constant(np.float32(2.0))]), "node '/mul1' (Mul): Mul by a constant"),

@@ -635,8 +635,8 @@ class _Importer:
             axis = self._attributes(node, {"axis"}).get("axis", -1)
             rank = x.onnx_rank()
             if not -rank <= axis < rank or axis % rank != x.channel_axis():
-                raise self.unsupported(node, f"Softmax over axis {axis} of a {_LAYOUT_NAMES[x.layout]} tensor "
-                                             f"(tinycnn's softmax runs over the channels)")
+                raise self.unsupported(node, f"Softmax over axis {axis} of a tensor in layout "
+                                             f"{_LAYOUT_NAMES[x.layout]} (tinycnn's softmax runs over the channels)")
         else:
             self._attributes(node, set())
         step = self._private(node.input[0], x, (Conv2D, Dense))
@@ -827,8 +827,9 @@ class _Importer:
         elif perm == list(range(x.onnx_rank())):
             self._alias(node, x, node.input[0])
         else:
-            raise self.unsupported(node, f"Transpose with perm={perm} of a {_LAYOUT_NAMES[x.layout]} tensor "
-                                         f"(tinycnn follows only the changes between NCHW and NHWC)")
+            raise self.unsupported(node, f"Transpose with perm={perm} of a tensor in layout "
+                                         f"{_LAYOUT_NAMES[x.layout]} (tinycnn follows only the changes between NCHW "
+                                         f"and NHWC)")
 
     def _op_identity(self, node):
         self._attributes(node, set())
