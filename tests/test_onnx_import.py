@@ -449,6 +449,18 @@ def test_an_imported_pytorch_network_trains(tmp_path):
     assert sum(changed) >= len(trainable)  # every trainable weight moved (and the BN moving statistics)
 
 
+def test_an_imported_model_trains_and_its_softmax_head_hands_the_loss_its_logits(tmp_path):
+    g = Graph()
+    model = tinycnn.load_onnx(g.save(tmp_path / "m.onnx", global_average_flatten_gemm_softmax(g)))
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    assert model._reads_logits  # the Softmax node folded into the Dense: exact gradients from logits
+    before = [w.copy() for w in model.get_weights()]
+    history = model.fit(images(16, (6, 6, 2)), tinycnn.to_categorical(np.arange(16) % 3, 3), batch_size=8,
+                        epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert all(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
 # --- round trip with tinycnn's exporter ---------------------------------------------------------------------
 
 def residual_net():
