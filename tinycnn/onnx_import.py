@@ -128,7 +128,7 @@ def load_onnx(filepath):
     Model
         It takes NHWC images (a file with NCHW input, as PyTorch writes, gives a model whose
         ``predict(x)`` equals the file's output for ``x.transpose(0, 3, 1, 2)``; an image output
-        comes back NHWC too). Layers are named after the file's nodes where those names are valid
+        comes back NHWC too, and a global pooling's ``(N, C, 1, 1)`` output as ``(N, C)``). Layers are named after the file's nodes where those names are valid
         Keras names. The file's ``class_names`` metadata (JSON list) goes to
         ``model.metadata['class_names']``. Not compiled: ``compile`` it to train.
 
