@@ -56,11 +56,11 @@ class Graph:
         return self.node("Conv", inputs, name=name, kernel_shape=[kernel, kernel], pads=list(pads),
                          strides=list(strides), **attributes)
 
-    def proto(self, output, opset=17, check=True):
+    def proto(self, output, opset=17, check=True, producer="tests"):
         graph = helper.make_graph(self.nodes, "g", self.inputs,
                                   [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
                                   initializer=self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=producer)
         model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
         if check:  # the output's shape from ONNX's shape inference, then ONNX's own checks
             model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
@@ -257,20 +257,23 @@ def test_what_each_operator_becomes(tmp_path):
 
 
 def test_layer_names_from_the_file_and_two_named_layers_stay_two(tmp_path):
-    """A file that names a Conv and the Relu after it (as tinycnn's export of a Conv2D followed by a ReLU
-    layer does) has two layers; a Conv with a name and a nameless Relu is one Conv2D(activation='relu')."""
+    """A file from tinycnn that names a Conv and the Relu after it (its export of a Conv2D followed by a
+    ReLU layer) has two layers; with a nameless Relu, or from another producer (PyTorch's dynamo exporter
+    names its nodes node_conv2d, node_relu), it is one Conv2D(activation='relu')."""
     g = Graph()
     out = g.node("Relu", [g.conv("x", 2, 3, name="features")], name="activation")
-    model = tinycnn.load_onnx(g.save(tmp_path / "two.onnx", out))
+    model = tinycnn.load_onnx(g.save(tmp_path / "two.onnx", out, producer="tinycnn"))
     assert [(type(layer).__name__, layer.name) for layer in model.layers] == [
         ("InputLayer", "x"), ("Conv2D", "features"), ("Activation", "activation")]
+    model = tinycnn.load_onnx(g.save(tmp_path / "other.onnx", out, producer="pytorch"))
+    assert [(layer.name, layer.activation.name) for layer in model.layers[1:]] == [("features", "relu")]
     g = Graph()
     out = g.node("Relu", [g.conv("x", 2, 3, name="features")])
-    model = tinycnn.load_onnx(g.save(tmp_path / "one.onnx", out))
+    model = tinycnn.load_onnx(g.save(tmp_path / "one.onnx", out, producer="tinycnn"))
     assert [(layer.name, layer.activation.name) for layer in model.layers[1:]] == [("features", "relu")]
     g = Graph()  # names that clash with tinycnn's automatic ones: the file's names are kept, others avoid them
     out = g.node("Relu", [g.node("Relu", [g.conv("x", 2, 3, name="conv2d")], name="x")])
-    names = [layer.name for layer in tinycnn.load_onnx(g.save(tmp_path / "clash.onnx", out)).layers]
+    names = [layer.name for layer in tinycnn.load_onnx(g.save(tmp_path / "clash.onnx", out, producer="tinycnn")).layers]
     assert len(set(names)) == 4 and "conv2d" in names and "x" in names
 
 
@@ -309,6 +312,24 @@ def test_two_inputs_an_image_and_a_vector(tmp_path):
     for n in (1, 7):
         x, v = images(n, (6, 6, 2)), images(n, (3,), seed=5)
         assert_close(model.predict([x, v]), run_onnxruntime(path, {"image": x.transpose(0, 3, 1, 2), "clinical": v}))
+
+
+@pytest.mark.parametrize("op, opset, keepdims", [("ReduceMean", 13, 1), ("ReduceMean", 18, 1), ("ReduceMax", 18, 0),
+                                                 ("ReduceMax", 13, 0)])
+def test_a_mean_or_max_over_height_and_width_is_a_global_pooling(op, opset, keepdims, tmp_path):
+    """PyTorch's dynamo exporter writes AdaptiveAvgPool2d(1) as ReduceMean (axes an attribute up to opset
+    17, an input from 18), then a Reshape."""
+    g = Graph()
+    axes = {"axes": [-1, -2]} if opset < 18 else {}
+    inputs = [g.conv("x", 2, 4)] + ([g.constant(np.array([2, 3], dtype=np.int64))] if opset >= 18 else [])
+    reduced = g.node(op, inputs, keepdims=keepdims, **axes)
+    if keepdims:
+        reduced = g.node("Reshape", [reduced, g.constant(np.array([-1, 4], dtype=np.int64))],
+                         **({"allowzero": 1} if opset >= 14 else {}))
+    model = check_against_onnxruntime(g.save(tmp_path / "m.onnx", g.node("Gemm", [reduced, g.weight((4, 2))]),
+                                             opset=opset))
+    pooling = "GlobalAveragePooling2D" if op == "ReduceMean" else "GlobalMaxPooling2D"
+    assert kinds(model) == ["Conv2D", pooling, "Dense"]
 
 
 @pytest.mark.parametrize("opset", [13, 21])
@@ -358,6 +379,12 @@ def test_unsupported_operators_and_attributes_get_one_clear_error(build, expecte
     message = refusal(path)
     assert expected in message
     assert "tinycnn imports the operators Add, AveragePool, BatchNormalization, Concat, Constant, Conv" in message
+
+
+def test_a_mean_over_other_axes_is_refused(tmp_path):
+    g = Graph()
+    path = g.save(tmp_path / "m.onnx", g.node("ReduceMean", [g.conv("x", 2, 4)], axes=[1, 2]), opset=13)
+    assert "(ReduceMean): ReduceMean over axes [1, 2] (keepdims=1) of a tensor in layout NCHW" in refusal(path)
 
 
 def test_all_unsupported_operators_are_named_at_once(tmp_path):
@@ -411,21 +438,32 @@ def randomize_batchnorm(torch, net, seed):
             m.bias.data.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
 
 
-def export_torch(torch, net, path, shape=(1, 8, 8)):
+def export_torch(torch, net, path, shape=(1, 8, 8), dynamo=False):
+    """``torch.onnx.export`` with a free batch size: the TorchScript exporter, or the dynamo one (PyTorch's
+    default since 2.9, which needs the onnxscript package)."""
     net.eval()
-    torch.onnx.export(net, (torch.zeros((2,) + shape),), str(path), dynamo=False, input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    example = (torch.zeros((2,) + shape),)
+    if dynamo:
+        torch.onnx.export(net, example, str(path), dynamo=True, input_names=["x"], output_names=["y"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    else:
+        torch.onnx.export(net, example, str(path), dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
     return path
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter (dynamo=False) is legacy
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.export's own deprecations, inside the dynamo exporter
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("which", [0, 1], ids=["plain", "residual"])
-def test_pytorch_networks_predict_what_pytorch_computes(which, tmp_path):
+def test_pytorch_networks_predict_what_pytorch_computes(which, dynamo, tmp_path):
     torch, nets = torch_nets()
+    if dynamo:
+        pytest.importorskip("onnxscript", reason="PyTorch's dynamo exporter needs onnxscript")
     torch.manual_seed(0)
     net = nets[which]()
     randomize_batchnorm(torch, net, which)
-    model = tinycnn.load_onnx(export_torch(torch, net, tmp_path / "net.onnx"))
+    model = tinycnn.load_onnx(export_torch(torch, net, tmp_path / "net.onnx", dynamo=dynamo))
     for n in (1, 7):
         x = images(n, (8, 8, 1))
         with torch.no_grad():

@@ -34,14 +34,15 @@ Operators and the layers they become
 * ``Conv`` -> Conv2D (weights ``(F, C, KH, KW)`` -> ``(KH, KW, C, F)``); ``Gemm`` (``transB`` 0
   or 1) and ``MatMul`` (+ ``Add`` of a bias vector) -> Dense;
 * ``Relu``/``Sigmoid``/``Tanh``/``Softmax`` -> the ``activation`` of the Conv2D or Dense before
-  them when they are its only reader, else an Activation layer. Names tell the two apart where a
-  file holds two layers: tinycnn's exporter writes a Conv2D(activation='relu') as ``conv2d/conv``
-  + ``conv2d`` (one layer, named ``conv2d``) and a Conv2D followed by a ReLU layer as ``conv2d``
-  + ``re_lu`` (two layers, each with its name), so a round trip rebuilds the same layers.
-  PyTorch's node names (``/conv1/Conv``, ``/Relu``) are not layer names, and its activations are
-  folded;
+  them when they are its only reader, else an Activation layer. In a file tinycnn wrote (its
+  ``producer_name``), names tell the two apart where it holds two layers: a
+  Conv2D(activation='relu') is written ``conv2d/conv`` + ``conv2d`` (one layer, named ``conv2d``),
+  a Conv2D followed by a ReLU layer ``conv2d`` + ``re_lu`` (two layers, each with its name), so a
+  round trip rebuilds the same layers;
 * ``BatchNormalization`` (inference form) -> BatchNormalization with the moving statistics;
-* ``MaxPool``/``AveragePool``/``GlobalAveragePool``/``GlobalMaxPool`` -> the pooling layers;
+* ``MaxPool``/``AveragePool``/``GlobalAveragePool``/``GlobalMaxPool`` -> the pooling layers, and
+  ``ReduceMean``/``ReduceMax`` over height and width (PyTorch's ``AdaptiveAvgPool2d(1)`` or
+  ``x.mean((2, 3))``) -> the global ones;
 * ``Flatten`` and ``Reshape`` to ``(N, -1)`` -> Flatten;
 * ``Add``/``Sub``/``Mul``/``Sum``/``Mean``/``Concat`` -> the merge layers; ``Sum`` then ``Mul`` by
   ``1/n`` (tinycnn's export of Average) -> Average;
@@ -128,9 +129,10 @@ def load_onnx(filepath):
     Model
         It takes NHWC images (a file with NCHW input, as PyTorch writes, gives a model whose
         ``predict(x)`` equals the file's output for ``x.transpose(0, 3, 1, 2)``; an image output
-        comes back NHWC too, and a global pooling's ``(N, C, 1, 1)`` output as ``(N, C)``). Layers are named after the file's nodes where those names are valid
-        Keras names. The file's ``class_names`` metadata (JSON list) goes to
-        ``model.metadata['class_names']``. Not compiled: ``compile`` it to train.
+        comes back NHWC too, and a global pooling's ``(N, C, 1, 1)`` output as ``(N, C)``). Layers
+        are named after the file's nodes where those names are valid Keras names. The file's
+        ``class_names`` metadata (JSON list) goes to ``model.metadata['class_names']``. Not
+        compiled: ``compile`` it to train.
 
     Raises
     ------
@@ -611,6 +613,28 @@ class _Importer:
     def _op_globalmaxpool(self, node):
         self._global_pool(GlobalMaxPooling2D, node)
 
+    def _reduce(self, cls, node):
+        """``ReduceMean``/``ReduceMax`` over the image's height and width: a global pooling."""
+        a = self._attributes(node, {"axes", "keepdims", "noop_with_empty_axes"})
+        x = self._value(node, 0, (_NCHW, _NHWC))
+        axes = a.get("axes")  # an attribute up to opset 17, an input from 18
+        if len(node.input) > 1 and node.input[1]:
+            axes = [int(v) for v in self._constant(node, 1, "axes", (-1,), kind="i")]
+        spatial = {2, 3} if x.layout == _NCHW else {1, 2}
+        keepdims = a.get("keepdims", 1)
+        if not isinstance(axes, list) or sorted(int(v) % 4 for v in axes) != sorted(spatial) \
+                or (keepdims and x.layout == _NHWC):
+            raise self.unsupported(node, f"{node.op_type} over axes {axes} (keepdims={keepdims}) of a tensor in "
+                                         f"layout {_LAYOUT_NAMES[x.layout]} (tinycnn reduces over height and width "
+                                         f"only: a global pooling)")
+        self._add(node, cls, {}, [x], None, _POOLED if keepdims else _FLAT, x.shape[-1:])
+
+    def _op_reducemean(self, node):
+        self._reduce(GlobalAveragePooling2D, node)
+
+    def _op_reducemax(self, node):
+        self._reduce(GlobalMaxPooling2D, node)
+
     def _op_batchnormalization(self, node):
         a = self._attributes(node, {"epsilon", "momentum", "training_mode"})
         if a.get("training_mode", 0) or len([o for o in node.output if o]) != 1:
@@ -640,7 +664,8 @@ class _Importer:
         else:
             self._attributes(node, set())
         step = self._private(node.input[0], x, (Conv2D, Dense))
-        two_layers = step is not None and _NAME.fullmatch(node.name) and any(_NAME.fullmatch(n) for n in step.names)
+        two_layers = (step is not None and self.proto.producer_name == "tinycnn" and _NAME.fullmatch(node.name)
+                      and any(_NAME.fullmatch(n) for n in step.names))  # (module docstring)
         if step is not None and step.kwargs.get("activation", "linear") == "linear" and not two_layers:
             step.kwargs["activation"] = activation
             step.names.append(node.name)
@@ -973,7 +998,7 @@ def _decimal(value):
 _ARITY = {"Conv": (2, 3, 1), "MaxPool": (1, 1, 2), "BatchNormalization": (5, 5, 3), "Gemm": (2, 3, 1),
           "MatMul": (2, 2, 1), "Add": (2, 2, 1), "Sub": (2, 2, 1), "Mul": (2, 2, 1), "Sum": (1, MAX_NODES, 1),
           "Mean": (1, MAX_NODES, 1), "Concat": (1, MAX_NODES, 1), "Reshape": (2, 2, 1), "Dropout": (1, 3, 2),
-          "Constant": (0, 0, 1)}
+          "Constant": (0, 0, 1), "ReduceMean": (1, 2, 1), "ReduceMax": (1, 2, 1)}
 #: What reading a malformed node may raise beyond our own checks (reported as ModelFileError).
 _MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError)
 _LAYOUT_NAMES = {_NCHW: "NCHW", _NHWC: "NHWC", _POOLED: "(N, C, 1, 1)", _FLAT: "(N, features)"}
@@ -981,6 +1006,7 @@ _LAYOUT_NAMES = {_NCHW: "NCHW", _NHWC: "NHWC", _POOLED: "(N, C, 1, 1)", _FLAT: "
 _OPERATORS = {
     "Conv": _Importer._op_conv, "MaxPool": _Importer._op_maxpool, "AveragePool": _Importer._op_averagepool,
     "GlobalAveragePool": _Importer._op_globalaveragepool, "GlobalMaxPool": _Importer._op_globalmaxpool,
+    "ReduceMean": _Importer._op_reducemean, "ReduceMax": _Importer._op_reducemax,
     "BatchNormalization": _Importer._op_batchnormalization,
     **{op: (lambda self, node, name=name: self._activation(node, name)) for op, name in _ACTIVATIONS.items()},
     "Gemm": _Importer._op_gemm, "MatMul": _Importer._op_matmul, "Add": _Importer._op_add, "Sub": _Importer._op_sub,
