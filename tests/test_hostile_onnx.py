@@ -99,6 +99,27 @@ def test_truncated_anywhere_before_the_metadata(tmp_path):
         refused(write(path, data[:cut]))
 
 
+def test_messages_nested_thousands_deep(tmp_path):
+    """A graph inside a node's attribute inside a graph ..., 2,000 deep, written byte by byte (onnx.helper
+    refuses to build it): protobuf stops at its depth limit, and that is a ModelFileError."""
+    def field(number, payload):  # a length-delimited protobuf field
+        return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+    graph = b""
+    for _ in range(2000):  # GraphProto.node (1) -> NodeProto.attribute (5) -> AttributeProto.g (6)
+        graph = field(1, field(5, field(6, graph)))
+    refused(write(tmp_path / "deep.onnx", field(7, graph)), "protobuf cannot parse it")
+
+
+def _varint(n):
+    out = b""
+    while True:
+        out += bytes([n & 0x7F | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            return out
+
+
 # --- wrong graphs ----------------------------------------------------------------------------------------
 
 def nodes_of(proto):
