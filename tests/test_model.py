@@ -438,6 +438,8 @@ def test_no_batchnorm_warning_for_untrained_or_given_statistics():
         model.fit(x, y, epochs=1, verbose=0)
         model.set_weights(model.get_weights())  # statistics given from elsewhere (e.g. Keras)
         model.predict(x)
+        model.fit(x, y, epochs=1, verbose=0)    # fine-tuned from there: still no 0/1 left in them
+        model.predict(x)
 
 
 def test_class_weight_weighs_training_samples_only():

@@ -64,15 +64,17 @@ class BatchNormalization(Layer):
         self.scale = bool(scale)
         #: Training-mode forward passes since the statistics were initialised (see statistics_settled).
         self.updates = 0
-        #: True once the moving statistics come from data rather than from a few momentum updates:
-        #: set by ``Sequential.recalibrate_batchnorm`` and by ``set_weights`` (e.g. weights from Keras).
+        #: True once the moving statistics come from data rather than from their initial 0 and 1: set
+        #: by ``Model.recalibrate_batchnorm`` and by ``set_weights`` (weights from Keras, an ONNX file),
+        #: and kept through later training updates, which move data-based statistics on from there.
         self.recalibrated = False
 
     def statistics_settled(self, tolerance=0.05):
         """False only while training has started to move the statistics but their initial values
         still weigh at least ``tolerance`` (``momentum ** updates``: fewer than 299 updates at momentum
         0.99). An untrained layer (0 updates), or one whose statistics were recalibrated or set with
-        ``set_weights``, counts as settled."""
+        ``set_weights`` (then fine-tuned or not: the values training started from were data's), counts
+        as settled."""
         return self.recalibrated or self.updates == 0 or self.momentum ** self.updates < tolerance
 
     def set_weights(self, weights):
@@ -111,7 +113,6 @@ class BatchNormalization(Layer):
             self.state["moving_variance"][...] = (self.momentum * self.state["moving_variance"]
                                                   + (1 - self.momentum) * var)
             self.updates += 1
-            self.recalibrated = False
         else:
             mean = self.state["moving_mean"].astype(np.float64)
             var = self.state["moving_variance"].astype(np.float64)
