@@ -369,7 +369,7 @@ def _batch_normalization(w, layer, node, out):
               w.weight(layer, "moving_mean", layer.state["moving_mean"]),
               w.weight(layer, "moving_variance", layer.state["moving_variance"])]
     layout = _NCHW if rank == 4 else _NHWC
-    return {layout: w.node("BatchNormalization", inputs, out, epsilon=layer.epsilon)}
+    return {layout: w.node("BatchNormalization", inputs, out, epsilon=layer.epsilon, momentum=layer.momentum)}
 
 
 def _pooling(op):
