@@ -41,11 +41,11 @@ def pytest_terminal_summary(terminalreporter):
     if _worst:
         terminalreporter.section("gradient check: worst relative error per layer / loss")
         for label in sorted(_worst):
-            terminalreporter.write_line(f"{label:<40s} {_worst[label]:.2e}   (tolerance {GRAD_TOL:g})")
+            terminalreporter.write_line(f"{label:<48s} {_worst[label]:.2e}   (tolerance {GRAD_TOL:g})")
     if _float32:
         terminalreporter.section("float32 against float64: worst relative error per route")
         for label, errors in _float32.items():
-            terminalreporter.write_line(f"{label:<40s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+            terminalreporter.write_line(f"{label:<48s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items()))
 
 
 @pytest.fixture

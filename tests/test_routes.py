@@ -4,14 +4,16 @@ A Conv2D runs one of three implementations (``tinycnn/layers/conv.py``): Im2col 
 from forward for backward, or rebuilt), Pointwise (1x1) or Winograd (bias and ReLU inside the
 output transform, any other activation after it). The plan (``tinycnn/graph.py``) may compute a
 following 2x2 max pooling inside a Winograd convolution (``forward_pooled``), and every
-implementation may split the batch over threads (serial kernels, ``tinycnn/_threads.py``). Each
-route is a different piece of code, so each gets its own gradient check:
+implementation may split the batch over threads (serial kernels, ``tinycnn/_threads.py``), or the
+rows of a lone image. Each route is a different piece of code, so each gets its own gradient check:
 
-* ``test_every_route_matches_finite_differences``: ``check_model`` (float64, central differences,
-  the loss included) on a small network whose convolution takes the route. A 1x1 convolution in
-  front has a weight gradient that depends on the tested layer's input gradient, so a wrong input
-  adjoint fails too. The route is asserted inside the test, from the implementation's class, the
-  kernels it called (shadowed on the instance, the profiler's seam) and the plan's steps.
+* ``test_every_route_matches_finite_differences`` (1 and 2 threads, a batch of 4) and
+  ``test_one_image_with_its_rows_split_over_threads_matches_finite_differences``: ``check_model``
+  (float64, central differences, the loss included) on a small network whose convolution takes the
+  route. A 1x1 convolution in front has a weight gradient that depends on the tested layer's input
+  gradient, so a wrong input adjoint fails too. The route is asserted inside the test, from the
+  implementation's class, the kernels it called (shadowed on the instance, the profiler's seam,
+  with the serial set a split runs) and the plan's steps.
 * ``test_float32_gradients_agree_with_float64``: at layer level, every output and gradient of a
   float32 layer against the same layer in float64 (the reference), with a tolerance per route.
   The worst errors are printed at the end of the run; README's accuracy table quotes them.
@@ -23,7 +25,7 @@ import numba
 import numpy as np
 import pytest
 
-from conftest import GRAD_TOL, record_float32_error
+from conftest import GRAD_TOL, record_error, record_float32_error
 from tinycnn import _threads
 from tinycnn.gradcheck import check_model, relative_error
 from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
@@ -61,7 +63,8 @@ ROUTES = {
 def threads(request, monkeypatch):
     """Set tinycnn's thread count (``_threads.thread_count`` is Numba's, ``numba.set_num_threads``).
     On a machine with fewer cores than asked, Numba refuses more threads than it started with; the
-    split then still runs (its slices are Python threads) by overriding ``thread_count`` itself."""
+    splits then still run (their slices are Python threads) by overriding ``thread_count`` itself,
+    where _threads.py and conv.py read it."""
     n = request.param
     if n <= numba.config.NUMBA_NUM_THREADS:
         before = numba.get_num_threads()
@@ -69,7 +72,8 @@ def threads(request, monkeypatch):
         request.addfinalizer(lambda: numba.set_num_threads(before))
     else:
         monkeypatch.setattr(_threads, "thread_count", lambda: n)
-    assert _threads.thread_count() == n
+        monkeypatch.setattr(conv, "thread_count", lambda: n)
+    assert _threads.thread_count() == n and conv.thread_count() == n
     return n
 
 
@@ -104,12 +108,21 @@ def _build_route(route, dtype, monkeypatch, filters=8, size=(6, 5), channels=Non
     return layer
 
 
-@pytest.mark.parametrize("route", list(ROUTES))
-def test_every_route_matches_finite_differences(threads, monkeypatch, route):
+def _randomise(layer, gen):
+    """Weights of both signs everywhere: kernels of variance 1 / fan-in (so that pre-activations
+    are of order 1: a saturated tanh or softmax has slopes below what finite differences measure),
+    biases in [-0.5, 0.5]. Returns them."""
+    weights = [gen.uniform(-1, 1, w.shape) * (np.sqrt(3 / np.prod(w.shape[:-1])) if w.ndim > 1 else 0.5)
+               for w in layer.get_weights()]
+    layer.set_weights(weights)
+    return weights
+
+
+def _finite_differences(route, monkeypatch, batch, size):
+    """``check_model`` on front 1x1 conv -> the route's Conv2D (-> 2x2 max pool) -> Dense softmax,
+    for a batch of ``batch`` images of ``size``; returns the model, the tested layer and the
+    ``(role, serial)`` kernel calls it made."""
     r = ROUTES[route]
-    # Even output sides where the pooling is to be computed inside the convolution, odd ones
-    # elsewhere, so that Winograd's edge tiles (half outside the output) take part.
-    size = (6, 6) if r.pooled else (6, 5)
     tested = _build_route(route, "float64", monkeypatch, size=size)
     front = Conv2D(tested.input_shape[2], 1, dtype="float64", name="front", input_shape=size + (3,))
     layers = [front, tested] + ([MaxPooling2D(2, dtype="float64")] if r.pooled else [])
@@ -118,34 +131,63 @@ def test_every_route_matches_finite_differences(threads, monkeypatch, route):
     assert type(tested.implementation) is r.implementation  # the model kept the route set above
     calls = record_kernel_calls(tested)
     gen = np.random.default_rng(0)
-    for layer in model.layers:  # weights of both signs everywhere, biases included
-        layer.set_weights([gen.uniform(-1, 1, w.shape) for w in layer.get_weights()])
-    x = gen.standard_normal((4,) + size + (3,))
-    y = np.eye(3)[gen.integers(0, 3, 4)]
+    for layer in model.layers:
+        _randomise(layer, gen)
+    x = gen.standard_normal((batch,) + size + (3,))
+    y = np.eye(3)[gen.integers(0, 3, batch)]
 
-    check_model(model, x, y, entries_per_weight=40).assert_close(GRAD_TOL)
+    report = check_model(model, x, y, entries_per_weight=40)
+    record_error(f"route: {route}" + (", one image" if batch == 1 else ""), report)
+    report.assert_close(GRAD_TOL)
 
-    # The route: the plan's steps, the kernels that ran, the batch split.
     fused = [step for step in model.plan.steps if step.pool is not None]
     assert [step.layer for step in fused] == ([tested] if r.pooled else []), model.plan.describe()
+    if r.implementation is Im2col:
+        model.plan.forward([x], training=True)
+        assert (tested._kept_cols is not None) == r.keep
+    if r.implementation is Winograd:
+        inside = tested.activation.name in ("relu", "linear")  # else the layer applies it after the transform
+        assert (tested._implementation_epilogue() is not None) == inside
+    return calls
+
+
+def _transforms(route):
+    """Winograd's output transform and its adjoint on this route (with or without the pooling)."""
+    if ROUTES[route].pooled:
+        return "output_transform_pool", "output_pool_adjoint"
+    return "output_transform", "output_adjoint"
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_every_route_matches_finite_differences(threads, monkeypatch, route):
+    r = ROUTES[route]
+    # Even output sides where the pooling is to be computed inside the convolution, odd ones
+    # elsewhere, so that Winograd's edge tiles (half outside the output) take part.
+    calls = _finite_differences(route, monkeypatch, batch=4, size=(6, 6) if r.pooled else (6, 5))
+
     # 2 threads: the batch split, whose slices run the serial kernels (Winograd's kernel transform
     # and its adjoint act on the weights, outside the split, the same either way)
     per_slice = {s for role, s in calls if role not in ("kernel_transform", "kernel_adjoint")}
     assert per_slice == {threads > 1}, calls
     roles = {role for role, _ in calls}
     if r.implementation is Winograd:
-        transform, adjoint = ("output_transform_pool", "output_pool_adjoint") if r.pooled else \
-            ("output_transform", "output_adjoint")
-        assert {"input_transform", transform, adjoint, "input_adjoint", "kernel_adjoint"} <= roles
-        assert not {"output_transform", "output_transform_pool"} - {transform} & roles
-        inside = tested.activation.name in ("relu", "linear")  # else the layer applies it after the transform
-        assert (tested._implementation_epilogue() is not None) == inside
+        assert {"input_transform", *_transforms(route), "input_adjoint", "kernel_adjoint"} <= roles
+        assert not {"output_transform", "output_transform_pool"} - {_transforms(route)[0]} & roles
     elif r.implementation is Im2col:
         assert {"im2col", "col2im"} <= roles
-        model.plan.forward([x], training=True)
-        assert (tested._kept_cols is not None) == r.keep
     else:
         assert "im2col" not in roles and {"forward_product", "input_product"} <= roles
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True, ids=["2 threads"])
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_one_image_with_its_rows_split_over_threads_matches_finite_differences(threads, monkeypatch, route):
+    """A batch of one image on 2 threads: the forward pass splits the image's output rows (Winograd:
+    tile rows) over the threads (``_splits_rows`` in conv.py); backward has one image to run."""
+    r = ROUTES[route]
+    calls = _finite_differences(route, monkeypatch, batch=1, size=(8, 8) if r.pooled else (8, 7))
+    forward, adjoint = _transforms(route) if r.implementation is Winograd else ("forward_product", "input_product")
+    assert {(forward, True), (adjoint, False)} <= calls, calls
 
 
 # --- float32 against float64, layer by layer --------------------------------------------------------
@@ -179,7 +221,7 @@ def test_float32_gradients_agree_with_float64(threads, monkeypatch, route):
             pool.build(layer.output_shape)
             assert layer.fuses_with(pool)
         if dtype == "float64":  # the same weights and data for both
-            weights = [gen.uniform(-1, 1, w.shape) * np.sqrt(3 / np.prod(w.shape[:-1])) for w in layer.get_weights()]
+            weights = _randomise(layer, gen)
             x = gen.standard_normal((4,) + layer.input_shape)
             dy = gen.standard_normal((4,) + (pool.output_shape if r.pooled else layer.output_shape))
         layer.set_weights(weights)
