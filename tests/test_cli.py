@@ -22,7 +22,7 @@ def tiny_npz(tmp_path):
 
 def test_every_command_has_complete_help(capsys):
     parser = build_parser()
-    for command in ["demo", "train", "cv", "evaluate", "predict", "explain", "summary"]:
+    for command in ["demo", "train", "cv", "evaluate", "predict", "explain", "summary", "export"]:
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([command, "--help"])
         assert exit_info.value.code == 0

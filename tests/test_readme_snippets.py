@@ -110,8 +110,25 @@ def sklearn_and_dask(namespace, tmp_path):
     return check
 
 
+def onnx_export(namespace, tmp_path):
+    """The export snippet writes model.onnx in the working folder and runs it in ONNX Runtime."""
+    def check(namespace):
+        expected = namespace["model"].predict(namespace["images"])
+        np.testing.assert_allclose(namespace["probabilities"], expected, rtol=1e-5, atol=1e-6)
+    return check
+
+
+def onnx_import(namespace, tmp_path):
+    """The import snippet exports a model, reads it back and compiles it (its own assert checks the
+    round trip is exact)."""
+    def check(namespace):
+        assert namespace["imported"].compiled and namespace["imported"].input_shape == (None, 16, 16, 3)
+    return check
+
+
 SETUP = {"The reference program": reference_program, "Your own images": own_images, "How it works": how_it_works,
-         "Networks with branches": branches, "Cross-validation, scikit-learn and Dask": sklearn_and_dask}
+         "Networks with branches": branches, "Cross-validation, scikit-learn and Dask": sklearn_and_dask,
+         "Exporting to ONNX": onnx_export, "Importing ONNX models": onnx_import}
 
 
 def test_every_snippet_has_its_data_described():
