@@ -3,8 +3,8 @@
 ``run_layer_test`` builds the layer inside a small stack, checks its output shape, its forward pass
 against the reference twin (``tinycnn/kernels/reference.py``), its float32 output and gradients
 against float64's, every gradient against central finite differences in float64, and a save/load
-round trip. The worst gradient error per layer class is
-printed at the end of the run (``pytest -s`` not needed).
+round trip. The worst gradient error and the worst float32 error per layer class are printed at the
+end of the run (``pytest -s`` not needed).
 """
 import os
 from collections import defaultdict
@@ -32,8 +32,8 @@ def record_error(label, report):
 
 
 def record_float32_error(label, name, error):
-    """Keep the worst float32-against-float64 error of array ``name`` ('forward', 'dX', 'dkernel',
-    ...) for ``label`` (a route of tests/test_routes.py)."""
+    """Keep the worst float32-against-float64 error of array ``name`` (the output, the input
+    gradient, a weight gradient) for ``label`` (a layer class, or a route of tests/test_routes.py)."""
     _float32[label][name] = max(_float32[label][name], error)
 
 
@@ -43,7 +43,7 @@ def pytest_terminal_summary(terminalreporter):
         for label in sorted(_worst):
             terminalreporter.write_line(f"{label:<48s} {_worst[label]:.2e}   (tolerance {GRAD_TOL:g})")
     if _float32:
-        terminalreporter.section("float32 against float64: worst relative error per route")
+        terminalreporter.section("float32 against float64: worst relative error per layer / route")
         for label, errors in _float32.items():
             terminalreporter.write_line(f"{label:<48s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items()))
 
@@ -94,11 +94,13 @@ class _Float32Draws:
         return getattr(self._gen, name)
 
 
-def _training_step(layer, x, dy, training):
-    """Output, input gradient and every weight gradient of one step (copies)."""
+def training_step(layer, x, dy, training=True, pooled=False):
+    """Output, input gradient and every weight gradient of one step (copies). ``pooled``: a Conv2D
+    with the 2x2 max pooling after it computed inside it (``forward_pooled``/``backward_pooled``)."""
     layer.input_grad_needed = True
-    y = layer.forward(x, training=training).copy()
-    dx = layer.backward(dy).copy()
+    forward, backward = (layer.forward_pooled, layer.backward_pooled) if pooled else (layer.forward, layer.backward)
+    y = forward(x, training=training).copy()
+    dx = backward(dy).copy()
     return {"output": y, "input gradient": dx, **{f"{k} gradient": g.copy() for k, g in layer.grads.items()}}
 
 
@@ -155,13 +157,14 @@ def run_layer_test(make_layer, input_shape, expected_output_shape, reference=Non
     for twin, dtype in ((layer, np.float64), (layer32, np.float32)):
         if generator is not None:
             twin.generator = _Float32Draws(state)
-        steps[dtype] = _training_step(twin, x.astype(dtype), dy.astype(dtype), training)
+        steps[dtype] = training_step(twin, x.astype(dtype), dy.astype(dtype), training)
     if generator is not None:
         layer.generator = generator
     assert steps[np.float32]["output"].dtype == np.float32
     assert steps[np.float32].keys() == steps[np.float64].keys()
     for name, exact in steps[np.float64].items():
         error = relative_error(steps[np.float32][name], exact)
+        record_float32_error(label, name, error)
         assert error <= FLOAT32_TOL, f"float32 {name} differs from float64's by {error:.1e} (relative)"
 
     # Every gradient, inside a stack.

@@ -25,7 +25,7 @@ import numba
 import numpy as np
 import pytest
 
-from conftest import GRAD_TOL, record_error, record_float32_error
+from conftest import GRAD_TOL, record_error, record_float32_error, training_step
 from tinycnn import _threads
 from tinycnn.gradcheck import check_model, relative_error
 from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
@@ -53,7 +53,7 @@ ROUTES = {
     "im2col, stride 2": Route(dict(_3x3, strides=2, activation="relu"), None, Im2col, keep=True),
     "pointwise": Route(dict(kernel_size=1, activation="relu"), None, Pointwise),
     **{f"winograd, {a}": Route(dict(_3x3, activation=a), None, Winograd) for a in WINOGRAD_ACTIVATIONS},
-    "winograd forced, 4 channels": Route(_3x3, "winograd", Winograd, channels=4),
+    "winograd forced, few channels": Route(_3x3, "winograd", Winograd, channels=4),
     "winograd + max pool, relu": Route(dict(_3x3, activation="relu"), None, Winograd, pooled=True),
     "winograd + max pool, linear, no bias": Route(dict(_3x3, use_bias=False), None, Winograd, pooled=True),
 }
@@ -95,13 +95,14 @@ def record_kernel_calls(layer):
     return calls
 
 
-def _build_route(route, dtype, monkeypatch, filters=8, size=(6, 5), channels=None):
-    """The Conv2D of ``route``, built on (H, W, channels) and running the route's implementation."""
+def _build_route(route, dtype, monkeypatch, filters=8, size=(6, 5), widen=1):
+    """The Conv2D of ``route``, built on (H, W, ``widen`` x the route's channels) and running the
+    route's implementation."""
     r = ROUTES[route]
     if r.keep is False:  # columns rebuilt in backward, as for a layer whose columns are large
         monkeypatch.setattr(conv, "KEEP_COLUMNS_BYTES", 0)
     layer = Conv2D(filters, dtype=dtype, name="tested", **r.conv)
-    layer.build(size + (channels if channels and r.channels >= 16 else r.channels,))
+    layer.build(size + (widen * r.channels,))
     if r.algorithm is not None:
         layer.algorithm = r.algorithm
     assert type(layer.implementation) is r.implementation
@@ -120,8 +121,8 @@ def _randomise(layer, gen):
 
 def _finite_differences(route, monkeypatch, batch, size):
     """``check_model`` on front 1x1 conv -> the route's Conv2D (-> 2x2 max pool) -> Dense softmax,
-    for a batch of ``batch`` images of ``size``; returns the model, the tested layer and the
-    ``(role, serial)`` kernel calls it made."""
+    for a batch of ``batch`` images of ``size``, with the route asserted; returns the
+    ``(role, serial)`` kernel calls the tested layer made."""
     r = ROUTES[route]
     tested = _build_route(route, "float64", monkeypatch, size=size)
     front = Conv2D(tested.input_shape[2], 1, dtype="float64", name="front", input_shape=size + (3,))
@@ -194,19 +195,11 @@ def test_one_image_with_its_rows_split_over_threads_matches_finite_differences(t
 
 #: Largest relative error (``max|float32 - float64| / max|float64|``) allowed for each of the output,
 #: the input gradient and every weight gradient, per route. The layer reads 32 channels of 10x10
-#: images (4 for "winograd forced"), writes 32, batch of 4: a mid-size layer of the reference model.
+#: images (8 for "winograd forced, few channels"), writes 32, batch of 4: a mid-size layer of the reference model.
 #: Measured errors are below 8e-7 on every route (printed at the end of the run); Winograd's
 #: transforms add a few roundings per value, so its routes get twice the margin of one product.
 IM2COL_TOL, WINOGRAD_TOL = 2e-6, 4e-6
-FLOAT32_TOL = {route: WINOGRAD_TOL if r.implementation is Winograd else IM2COL_TOL for route, r in ROUTES.items()}
-
-
-def _training_step(layer, pooled, x, dy):
-    """Output, input gradient and weight gradients of one training step of ``layer`` (copies)."""
-    layer.input_grad_needed = True
-    forward, backward = (layer.forward_pooled, layer.backward_pooled) if pooled else (layer.forward, layer.backward)
-    out = forward(x, training=True).copy()
-    return {"forward": out, "dX": backward(dy).copy(), **{f"d{k}": g.copy() for k, g in layer.grads.items()}}
+FLOAT32_TOL_BY_ROUTE = {route: WINOGRAD_TOL if r.implementation is Winograd else IM2COL_TOL for route, r in ROUTES.items()}
 
 
 @pytest.mark.parametrize("route", list(ROUTES))
@@ -215,7 +208,7 @@ def test_float32_gradients_agree_with_float64(threads, monkeypatch, route):
     gen = np.random.default_rng(1)
     results = {}
     for dtype in ("float64", "float32"):
-        layer = _build_route(route, dtype, monkeypatch, filters=32, size=(10, 10), channels=32)
+        layer = _build_route(route, dtype, monkeypatch, filters=32, size=(10, 10), widen=2)
         if r.pooled:
             pool = MaxPooling2D(2, dtype=dtype)
             pool.build(layer.output_shape)
@@ -225,11 +218,11 @@ def test_float32_gradients_agree_with_float64(threads, monkeypatch, route):
             x = gen.standard_normal((4,) + layer.input_shape)
             dy = gen.standard_normal((4,) + (pool.output_shape if r.pooled else layer.output_shape))
         layer.set_weights(weights)
-        results[dtype] = _training_step(layer, r.pooled, x.astype(dtype), dy.astype(dtype))
+        results[dtype] = training_step(layer, x.astype(dtype), dy.astype(dtype), pooled=r.pooled)
     errors = {name: relative_error(results["float32"][name], reference)
               for name, reference in results["float64"].items()}
-    assert {"forward", "dX", "dkernel"} <= set(errors)
+    assert {"output", "input gradient", "kernel gradient"} <= set(errors)
     for name, error in errors.items():
         record_float32_error(route, name, error)
-    bad = {name: e for name, e in errors.items() if not e <= FLOAT32_TOL[route]}
-    assert not bad, f"{route}: float32 against float64 beyond {FLOAT32_TOL[route]:g}: {bad}"
+    bad = {name: e for name, e in errors.items() if not e <= FLOAT32_TOL_BY_ROUTE[route]}
+    assert not bad, f"{route}: float32 against float64 beyond {FLOAT32_TOL_BY_ROUTE[route]:g}: {bad}"
