@@ -98,9 +98,10 @@ def training_step(layer, x, dy, training=True, pooled=False):
     """Output, input gradient and every weight gradient of one step (copies). ``pooled``: a Conv2D
     with the 2x2 max pooling after it computed inside it (``forward_pooled``/``backward_pooled``)."""
     layer.input_grad_needed = True
-    forward, backward = (layer.forward_pooled, layer.backward_pooled) if pooled else (layer.forward, layer.backward)
-    y = forward(x, training=training).copy()
-    dx = backward(dy).copy()
+    if pooled:
+        y, dx = layer.forward_pooled(x, training=training).copy(), layer.backward_pooled(dy).copy()
+    else:
+        y, dx = layer.forward(x, training=training).copy(), layer.backward(dy).copy()
     return {"output": y, "input gradient": dx, **{f"{k} gradient": g.copy() for k, g in layer.grads.items()}}
 
 

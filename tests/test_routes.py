@@ -195,11 +195,13 @@ def test_one_image_with_its_rows_split_over_threads_matches_finite_differences(t
 
 #: Largest relative error (``max|float32 - float64| / max|float64|``) allowed for each of the output,
 #: the input gradient and every weight gradient, per route. The layer reads 32 channels of 10x10
-#: images (8 for "winograd forced, few channels"), writes 32, batch of 4: a mid-size layer of the reference model.
+#: images (8 for "winograd forced, few channels"), writes 32, batch of 4: a mid-size layer of the
+#: reference model.
 #: Measured errors are below 8e-7 on every route (printed at the end of the run); Winograd's
 #: transforms add a few roundings per value, so its routes get twice the margin of one product.
 IM2COL_TOL, WINOGRAD_TOL = 2e-6, 4e-6
-FLOAT32_TOL_BY_ROUTE = {route: WINOGRAD_TOL if r.implementation is Winograd else IM2COL_TOL for route, r in ROUTES.items()}
+FLOAT32_TOL_BY_ROUTE = {route: WINOGRAD_TOL if r.implementation is Winograd else IM2COL_TOL
+                        for route, r in ROUTES.items()}
 
 
 @pytest.mark.parametrize("route", list(ROUTES))

@@ -239,7 +239,7 @@ def check_model(model, x, y, sample_weight=None, training=True, eps=DEFAULT_EPS,
     model.compute_gradients(xs, y, sample_weight, training=training)
     analytic = {(layer.name, k): layer.grads[k].copy() for layer in model.layers for k in layer.params}
     pick = rng.generator(0)
-    pairs = {f"{layer.name}/{key}": _compare(analytic[(layer.name, key)], value, objective, eps, entries_per_weight,
-                                             pick)
+    pairs = {f"{layer.name}/{key}": _compare(analytic[(layer.name, key)], value, objective, eps,
+                                             entries_per_weight, pick)
              for layer in model.layers for key, value in layer.params.items()}
     return _report(pairs)
