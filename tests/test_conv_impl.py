@@ -238,33 +238,3 @@ def test_split_batch_sum_adds_the_parts_in_slot_order(monkeypatch, out):
     assert total[0] == 1.0
     if out:
         assert total is target
-
-
-@pytest.mark.parametrize("implementation, kernel_size, strides, padding, pooled",
-                         [case + (False,) for case in CASES] + [(Im2col, 5, 2, "same", False),
-                                                                (Winograd, 3, 1, "same", True)])
-def test_one_image_split_by_rows_equals_the_whole_image(monkeypatch, implementation, kernel_size, strides, padding,
-                                                        pooled):
-    """A batch of one image cannot be split over images: its output rows (Winograd: tile rows) are
-    split instead, each thread reading the input rows its outputs need. Every output is computed
-    from the same numbers as in the unsplit pass; only the BLAS may block a product of fewer rows
-    differently (a last-bit difference, seen in float64). Both match the reference loops."""
-    monkeypatch.setattr(_threads, "thread_count", lambda: 2)
-    shape = (12, 10, 4) if pooled else (11, 9, 4)   # the plan pools inside only where the sizes are even
-    layer = _layer(implementation, kernel_size, strides, padding, activation="relu", input_shape=shape)
-    x = np.random.default_rng(3).standard_normal((1,) + shape)
-    run = (lambda: layer.forward_pooled(x).copy()) if pooled else (lambda: layer.forward(x).copy())
-    taken = []
-    monkeypatch.setattr(conv, "_splits_rows", lambda n, rows: taken.append(_splits_rows(n, rows)) or taken[-1])
-    split = run()
-    assert taken == [True]                            # the one image's rows were split
-    monkeypatch.setattr(conv, "_splits_rows", lambda n, rows: False)
-    np.testing.assert_allclose(split, run(), rtol=1e-14, atol=1e-14)
-    y = _expected(layer, x, np.zeros((1,) + layer.output_shape))[0]
-    if pooled:
-        y = y[:, :y.shape[1] // 2 * 2, :y.shape[2] // 2 * 2]
-        y = y.reshape(1, y.shape[1] // 2, 2, y.shape[2] // 2, 2, -1).max(axis=(2, 4))
-    np.testing.assert_allclose(split, y, **CLOSE)
-
-
-_splits_rows = conv._splits_rows

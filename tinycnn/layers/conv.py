@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .._threads import split_batch, split_batch_sum, thread_count
+from .._threads import split_batch, split_batch_sum
 from ..kernels import conv as K
 from ..kernels import winograd as WG
 from .base import ActivatedLayer, check_int_tuple, check_padding
@@ -245,29 +245,6 @@ def _chunks(lo, hi, step):
         yield n0, min(hi, n0 + step)
 
 
-def _splits_rows(n, rows):
-    """Whether a forward pass over ``n`` images splits the ``rows`` output rows of one image over
-    the threads instead of the batch: for a single image (the clinical case, one scan at a time),
-    where a batch split has nothing to split and the parallel kernels with threaded BLAS leave
-    the second core mostly idle."""
-    threads = thread_count()
-    return n == 1 and threads > 1 and rows >= 2 * threads
-
-
-def _input_rows(r0, r1, stride, pad, window, height):
-    """The input rows that output rows ``[r0, r1)`` read, as ``(a, b, pad_above)``.
-
-    Output row ``r`` reads input rows ``r * stride - pad`` to ``r * stride - pad + window - 1``.
-    A kernel given ``x[:, a:b]`` with leading padding ``pad_above`` and ``r1 - r0`` output rows
-    reads the same pixels as for rows ``r0..r1`` of the whole image: a window that leaves the slice
-    leaves the image too (the slice is cut only at the image's edges), so the zeros it sees there
-    are the padding's.
-    """
-    a = max(0, r0 * stride - pad)
-    b = min(height, (r1 - 1) * stride - pad + window)
-    return a, b, pad + a - r0 * stride
-
-
 class _Implementation:
     """What Im2col and Winograd share: the layer they compute for (its weights, gradients, shapes
     and ``_buffer``), the input kept from forward for backward, and how they print."""
@@ -346,14 +323,6 @@ class Im2col(_Implementation):
         k.im2col(x_chunk, kh, kw, layer.strides[0], layer.strides[1], layer._pad_h, layer._pad_w, oh, ow, cols)
         return cols
 
-    def _row_columns(self, k, x, r0, r1, out):
-        """The columns of output rows ``[r0, r1)`` of the one image in ``x`` into ``out``."""
-        layer = self.layer
-        (kh, kw), (sh, sw) = layer.kernel_size, layer.strides
-        a, b, pad_above = _input_rows(r0, r1, sh, layer._pad_h, kh, x.shape[1])
-        k.im2col(x[:, a:b], kh, kw, sh, sw, pad_above, layer._pad_w, r1 - r0, layer.output_shape[1], out)
-        return out
-
     def _input_gradient(self, k, dz, w2d, cols, dx_chunk):
         """``dx = col2im(dz @ W2.T)`` for one chunk; the columns' memory takes ``dcols``."""
         layer = self.layer
@@ -380,16 +349,7 @@ class Im2col(_Implementation):
                 cols = self._columns(k, x[n0:n1], buf if kept is None else kept[n0 * pix:])
                 k.forward_product(cols, w2d, out=y2d[n0 * pix:n1 * pix])
 
-        def rows(r0, r1, slot, serial):  # output rows [r0, r1) of the one image (see _splits_rows)
-            k = self.kernels[serial]
-            out = kept if kept is not None else self._column_buffer(slot, step)
-            cols = self._row_columns(k, x, r0, r1, None if out is None else out[r0 * ow:r1 * ow])
-            k.forward_product(cols, w2d, out=y2d[r0 * ow:r1 * ow])
-
-        if _splits_rows(n, oh):
-            split_batch(oh, rows)
-        else:
-            split_batch(n, work)
+        split_batch(n, work)
         self._x, self.kept_columns = x, kept
 
     def backward(self, dz2d, epilogue=None):
@@ -438,9 +398,6 @@ class Pointwise(Im2col):
 
     def _columns(self, k, x_chunk, out):
         return x_chunk.reshape(-1, x_chunk.shape[-1])
-
-    def _row_columns(self, k, x, r0, r1, out):
-        return x[:, r0:r1].reshape(-1, x.shape[-1])
 
     def _input_gradient(self, k, dz, w2d, cols, dx_chunk):
         k.input_product(dz, w2d.T, out=dx_chunk.reshape(-1, w2d.shape[0]))
@@ -547,22 +504,7 @@ class Winograd(_Implementation):
                 else:
                     k.output_transform_pool(m, th, tw, bias, relu, pool[0][n0:n1], pool[1][n0:n1])
 
-        def tile_rows(t0, t1, slot, serial):  # tile rows [t0, t1) of the one image (see _splits_rows)
-            k = self.kernels[serial]
-            v, m = self._scratch(slot, step, th, tw)
-            a, b, pad_above = _input_rows(t0, t1, 2, ph, 4, x.shape[1])  # a tile: 4 rows, every 2nd row
-            rows = (t1 - t0) * tw
-            k.input_transform(x[:, a:b], pad_above, pw, t1 - t0, tw, v)
-            k.forward_product(v[:, :rows], u, out=m[:, :rows])
-            if pool is None:
-                k.output_transform(m, t1 - t0, tw, bias, relu, y[:, 2 * t0:min(oh, 2 * t1)])
-            else:
-                k.output_transform_pool(m, t1 - t0, tw, bias, relu, pool[0][:, t0:t1], pool[1][:, t0:t1])
-
-        if _splits_rows(n, th):
-            split_batch(th, tile_rows)
-        else:
-            split_batch(n, work)
+        split_batch(n, work)
         self._x = x
 
     def backward(self, dz2d, epilogue=None):
