@@ -4,11 +4,11 @@ A Conv2D runs one of three implementations (``tinycnn/layers/conv.py``): Im2col 
 from forward for backward, or rebuilt), Pointwise (1x1) or Winograd (bias and ReLU inside the
 output transform, any other activation after it). The plan (``tinycnn/graph.py``) may compute a
 following 2x2 max pooling inside a Winograd convolution (``forward_pooled``), and every
-implementation may split the batch over threads (serial kernels, ``tinycnn/_threads.py``), or the
-rows of a lone image. Each route is a different piece of code, so each gets its own gradient check:
+implementation may split the batch over threads (serial kernels, ``tinycnn/_threads.py``), or, for a
+lone image, run the whole-batch kernels (Numba's parallel loops). Each route is a different piece of code, so each gets its own gradient check:
 
 * ``test_every_route_matches_finite_differences`` (1 and 2 threads, a batch of 4) and
-  ``test_one_image_with_its_rows_split_over_threads_matches_finite_differences``: ``check_model``
+  ``test_one_image_on_two_threads_matches_finite_differences``: ``check_model``
   (float64, central differences, the loss included) on a small network whose convolution takes the
   route. A 1x1 convolution in front has a weight gradient that depends on the tested layer's input
   gradient, so a wrong input adjoint fails too. The route is asserted inside the test, from the
@@ -64,7 +64,7 @@ def threads(request, monkeypatch):
     """Set tinycnn's thread count (``_threads.thread_count`` is Numba's, ``numba.set_num_threads``).
     On a machine with fewer cores than asked, Numba refuses more threads than it started with; the
     splits then still run (their slices are Python threads) by overriding ``thread_count`` itself,
-    where _threads.py and conv.py read it."""
+    where _threads.py reads it."""
     n = request.param
     if n <= numba.config.NUMBA_NUM_THREADS:
         before = numba.get_num_threads()
@@ -72,8 +72,7 @@ def threads(request, monkeypatch):
         request.addfinalizer(lambda: numba.set_num_threads(before))
     else:
         monkeypatch.setattr(_threads, "thread_count", lambda: n)
-        monkeypatch.setattr(conv, "thread_count", lambda: n)
-    assert _threads.thread_count() == n and conv.thread_count() == n
+    assert _threads.thread_count() == n
     return n
 
 
@@ -182,13 +181,13 @@ def test_every_route_matches_finite_differences(threads, monkeypatch, route):
 
 @pytest.mark.parametrize("threads", [2], indirect=True, ids=["2 threads"])
 @pytest.mark.parametrize("route", list(ROUTES))
-def test_one_image_with_its_rows_split_over_threads_matches_finite_differences(threads, monkeypatch, route):
-    """A batch of one image on 2 threads: the forward pass splits the image's output rows (Winograd:
-    tile rows) over the threads (``_splits_rows`` in conv.py); backward has one image to run."""
+def test_one_image_on_two_threads_matches_finite_differences(threads, monkeypatch, route):
+    """A batch of one image on 2 threads has no batch to split: forward and backward run the
+    whole-batch kernels (Numba's parallel loops, threaded BLAS) instead of the serial ones."""
     r = ROUTES[route]
     calls = _finite_differences(route, monkeypatch, batch=1, size=(8, 8) if r.pooled else (8, 7))
     forward, adjoint = _transforms(route) if r.implementation is Winograd else ("forward_product", "input_product")
-    assert {(forward, True), (adjoint, False)} <= calls, calls
+    assert {(forward, False), (adjoint, False)} <= calls and not {serial for _, serial in calls} - {False}, calls
 
 
 # --- float32 against float64, layer by layer --------------------------------------------------------
