@@ -39,7 +39,8 @@ Tasks: one training step at batch B, inference at batch B, and inference at batc
 ``--inference-batch-sizes``). For each task every system first runs ``--warmup`` untimed steps; then
 the systems take turns, round-robin: tinycnn repeat 1, torch repeat 1, ..., tinycnn repeat 2, ...
 so that a slow drift of the machine (another job, thermal throttling) hits all of them alike.
-A repeat times ``--steps`` consecutive steps; its rate is ``batch * steps / seconds`` images/s.
+A repeat times ``--steps`` consecutive steps (for inference at least ``--min-images`` images, so a
+batch of 1 is timed over 96 calls, not 3); its rate is ``batch * steps / seconds`` images/s.
 The tables show min / median / max over the repeats: a wide spread means a noisy machine, and the
 median is the figure to compare. Every pool uses ``--threads`` threads.
 
@@ -337,11 +338,14 @@ def run_task(systems, task, args, failed):
             continue
         active.append(system)
     rates = {system.name: [] for system in active}
+    # Small inference batches take a few milliseconds: time enough of them that a repeat is not
+    # decided by the first call after the settle pause (threads waking up, caches refilling).
+    steps = args.steps if task[2] == "train" else max(args.steps, -(-args.min_images // batch))
     for repeat in range(args.repeats):
         for system in active:
             time.sleep(args.settle)
-            seconds = time_steps(system.steps[key], args.steps)
-            rates[system.name].append(batch * args.steps / seconds)
+            seconds = time_steps(system.steps[key], steps)
+            rates[system.name].append(batch * steps / seconds)
         progress(f"  {label}: repeat {repeat + 1}/{args.repeats}: "
                  + ", ".join(f"{name} {r[-1]:.1f} img/s" for name, r in rates.items()))
     return rates
@@ -433,6 +437,9 @@ def parse_args(argv=None):
     _common.add_common_arguments(parser, repeats=5, warmup=2)
     parser.add_argument("--steps", type=_common.positive_int, default=3, metavar="K",
                         help="steps timed together in one repeat (default: %(default)s)")
+    parser.add_argument("--min-images", type=_common.positive_int, default=96, metavar="N",
+                        help="inference: time at least N images per repeat (more calls for small batches; "
+                             "default: %(default)s)")
     parser.add_argument("--model", choices=_common.MODELS, default="reference",
                         help="the workload: the reference CNN or ResNet-18 (default: %(default)s)")
     parser.add_argument("--peers", default="torch,onnxruntime,keras", metavar="LIST",
