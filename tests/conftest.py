@@ -50,9 +50,12 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture
 def winograd_everywhere(monkeypatch):
-    """Let every 3x3 stride-1 convolution take the Winograd path, however few its channels."""
+    """Let every 3x3 stride-1 convolution take the Winograd path, however few its channels and
+    output tiles, in inference calls on few images too."""
     from tinycnn.layers import conv
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_INFERENCE_TILES", 0)
 
 
 def _pre_layer(input_shape, identity):

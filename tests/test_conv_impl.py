@@ -158,8 +158,72 @@ def test_build_picks_the_implementation_and_algorithm_switches_it():
     layer.algorithm = "im2col"
     layer.algorithm = None  # back to the automatic choice
     assert type(layer.implementation) is Winograd
+    # Too few output tiles for Winograd: a 3x3 output has 2x2 tiles, a 2x2 output one
+    for side, implementation in ((3, Winograd), (2, Im2col)):
+        layer = Conv2D(4, 3, padding="same")
+        layer.build((side, side, 16))
+        assert type(layer.implementation) is implementation
 
 
+def _spy_on_implementations(monkeypatch):
+    """``[(implementation class, training)]`` of every forward pass an implementation runs."""
+    ran = []
+    for cls in (Im2col, Winograd):
+        def forward(self, x, y, training=False, epilogue=None, _original=cls.forward):
+            ran.append((type(self), training))
+            return _original(self, x, y, training, epilogue)
+        monkeypatch.setattr(cls, "forward", forward)
+    return ran
+
+
+def test_a_small_inference_batch_runs_im2col_in_a_winograd_layer(monkeypatch):
+    """Inference on fewer than WINOGRAD_MIN_INFERENCE_TILES output tiles (a 16x16 image: 64 tiles)
+    runs im2col; a larger batch and every training call run the layer's Winograd. The two agree to
+    rounding, and a backward pass after the small inference call (Grad-CAM does that) differentiates
+    what ran."""
+    ran = _spy_on_implementations(monkeypatch)
+    layer = _layer(Winograd, 3, activation="relu", input_shape=(16, 16, 4))
+    assert layer.algorithm == "winograd"
+    gen = np.random.default_rng(5)
+    x = gen.standard_normal((5, 16, 16, 4))
+    dy = gen.standard_normal((1,) + layer.output_shape)
+    y_ref, dx_ref, dw_ref, db_ref = _expected(layer, x[:1], dy)
+    one = layer.forward(x[:1]).copy()
+    assert ran == [(Im2col, False)]
+    np.testing.assert_allclose(one, y_ref, **CLOSE)
+    np.testing.assert_allclose(layer.backward(dy), dx_ref, **CLOSE)
+    np.testing.assert_allclose(layer.grads["kernel"], dw_ref, **CLOSE)
+    np.testing.assert_allclose(layer.grads["bias"], db_ref, **CLOSE)
+    np.testing.assert_allclose(layer.forward(x)[:1], one, **CLOSE)  # 5 images: 320 tiles, Winograd
+    layer.forward(x[:1], training=True)
+    assert ran[1:] == [(Winograd, False), (Winograd, True)]
+
+
+def test_a_fused_step_runs_the_two_layers_for_a_small_inference_batch(monkeypatch):
+    """The plan's Winograd + max-pool step: a small inference batch runs the convolution (im2col)
+    and the pooling one after the other, a large one and training compute the pooling inside; the
+    outputs agree to rounding, and Grad-CAM's backward through the step works either way."""
+    import tinycnn
+    from tinycnn.explain import grad_cam
+    ran = _spy_on_implementations(monkeypatch)
+    inputs = tinycnn.Input((16, 16, 16))
+    h = Conv2D(16, 3, padding="same", activation="relu", name="observed")(inputs)
+    h = Conv2D(16, 3, padding="same", activation="relu")(h)
+    h = MaxPooling2D()(h)
+    outputs = tinycnn.layers.Dense(2, activation="softmax")(tinycnn.layers.Flatten()(h))
+    model = tinycnn.Model(inputs, outputs)
+    assert [step.pool is not None for step in model.plan.steps] == [False, True, False, False]
+    x = np.random.default_rng(6).random((5, 16, 16, 16), dtype=np.float32)
+    small = model.predict(x[:1])
+    assert ran == [(Im2col, False), (Im2col, False)]  # 64 tiles each
+    del ran[:]
+    np.testing.assert_allclose(model.predict(x)[:1], small, rtol=1e-5, atol=1e-6)
+    assert (Winograd, False) in ran and (Im2col, False) not in ran
+    small_batch = grad_cam(model, x[0], layer="observed")          # im2col forward and backward
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_INFERENCE_TILES", 0)
+    winograd = grad_cam(model, x[0], layer="observed")              # Winograd, pooling inside
+    assert small_batch.heatmap.shape == (16, 16) and small_batch.heatmap.max() > 0
+    np.testing.assert_allclose(small_batch.heatmap, winograd.heatmap, rtol=1e-4, atol=1e-5)
 def test_algorithm_refuses_what_cannot_run():
     with pytest.raises(ValueError, match=r"conv.*once the layer is built"):
         Conv2D(4, 3).algorithm = "im2col"

@@ -32,7 +32,8 @@ from tinycnn import losses  # noqa: E402
 from tinycnn.gradcheck import check_layers  # noqa: E402
 from tinycnn.kernels import reference as R  # noqa: E402
 from tinycnn.layers import AveragePooling2D, BatchNormalization, Conv2D, MaxPooling2D  # noqa: E402
-from tinycnn.layers.conv import WINOGRAD_MIN_CHANNELS  # noqa: E402
+from tinycnn.kernels.winograd import tile_grid  # noqa: E402
+from tinycnn.layers.conv import WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES  # noqa: E402
 from tinycnn.saving import ModelFileError  # noqa: E402
 
 PROPERTY = settings(max_examples=50, deadline=None, derandomize=True, database=None)
@@ -101,12 +102,16 @@ winograd_channels = st.integers(WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_CHANNELS + 4
 
 
 def _winograd_layer(filters, activation, use_bias, padding, input_shape, gen):
-    """A float64 3x3 Conv2D that picked Winograd itself (16+ input channels), with random weights
-    of variance 1 / fan-in: pre-activations of order 1, where tanh and sigmoid are not saturated
-    (a saturated tanh's slope, ~1e-10, is below what finite differences can measure)."""
+    """A float64 3x3 Conv2D that picked Winograd itself (16+ input channels and 4+ output tiles;
+    below 4 tiles it picks im2col, and Winograd is set, so that the smallest edge cases still test
+    its kernels), with random weights of variance 1 / fan-in: pre-activations of order 1, where tanh
+    and sigmoid are not saturated (a saturated tanh's slope, ~1e-10, is below what finite
+    differences can measure)."""
     layer = Conv2D(filters, 3, padding=padding, activation=activation, use_bias=use_bias, dtype="float64")
     layer.build(input_shape)
-    assert layer.algorithm == "winograd"
+    th, tw = tile_grid(*layer.output_shape[:2])
+    assert layer.algorithm == ("winograd" if th * tw >= WINOGRAD_MIN_TILES else "im2col")
+    layer.algorithm = "winograd"
     layer.set_weights([gen.standard_normal(w.shape) / np.sqrt(9 * input_shape[2]) for w in layer.get_weights()])
     return layer
 

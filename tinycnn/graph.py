@@ -58,25 +58,34 @@ class Step:
     ``pool`` is the MaxPooling2D computed inside a fused convolution step, else None.
     """
 
-    __slots__ = ("layer", "owner", "inputs", "output", "pool", "needs_input_grad", "has_params")
+    __slots__ = ("layer", "owner", "inputs", "output", "pool", "needs_input_grad", "has_params", "pooled_inside")
 
     def __init__(self, layer, owner, inputs, output, pool=None):
         self.layer, self.owner, self.inputs, self.output, self.pool = layer, owner, inputs, output, pool
         self.has_params = bool(owner.params)
         self.needs_input_grad = False
+        self.pooled_inside = False  # whether the last forward computed the pooling inside the convolution
 
     def forward(self, values, training):
         if self.layer.multi_input:
             return self.layer.forward([values[i] for i in self.inputs], training=training)
         x = values[self.inputs[0]]
         if self.pool is not None:
-            return self.layer.forward_pooled(x, training=training)
+            # The convolution may decline for this call (a small inference batch runs im2col, see
+            # Conv2D._inference_implementation): then the two layers run one after the other.
+            self.pooled_inside = self.layer.pools_inside(x.shape[0], training)
+            if self.pooled_inside:
+                return self.layer.forward_pooled(x, training=training)
+            return self.pool.forward(self.layer.forward(x, training=training), training=training)
         return self.layer.forward(x, training=training)
 
     def backward(self, grad, from_logits=False):
         """Gradients with respect to the inputs (a list, one per input slot; None where not needed)."""
         self.layer.input_grad_needed = self.needs_input_grad
-        if self.pool is not None:
+        if self.pool is not None and not self.pooled_inside:
+            self.pool.input_grad_needed = True
+            grads = self.layer.backward(self.pool.backward(grad))
+        elif self.pool is not None:
             grads = self.layer.backward_pooled(grad)
         elif from_logits:
             grads = self.layer.backward_from_logits(grad)

@@ -40,6 +40,16 @@ WINOGRAD_CHUNK_BYTES = 4 * 2**20
 # fewer channels its 16 matrix products are too thin for BLAS to run well (the first layer of an
 # RGB network, C = 3, stays on im2col).
 WINOGRAD_MIN_CHANNELS = 16
+# ... and at least this many 2x2 output tiles per image. Winograd transforms the kernel on every call
+# (16 planes for 9 taps) and makes 16 products of one row per tile: on a 2x2 output (one tile, as
+# ResNet-18's last stage at 64x64) im2col's one product is faster (3x3 conv 512->512, batch 32: a
+# training step 11.1 ms against 16.0).
+WINOGRAD_MIN_TILES = 4
+# In inference, a Winograd layer runs im2col for a call with fewer output tiles than this over the
+# whole batch: the kernel transform is then not paid back (batch 1, conv 3x3: 16x16x64 0.28 ms
+# im2col against 0.41 Winograd; 4x4x512 0.94 against 3.65; at 32x32 the two tie). Training calls
+# keep the layer's implementation, which their backward pass needs.
+WINOGRAD_MIN_INFERENCE_TILES = 256
 
 
 class Conv2D(ActivatedLayer):
@@ -129,8 +139,9 @@ class Conv2D(ActivatedLayer):
         unit_strides = tuple(self.strides) == (1, 1)
         winograd_applies = tuple(self.kernel_size) == (3, 3) and unit_strides
         if algorithm is None:
-            enough_channels = self.input_shape[2] >= WINOGRAD_MIN_CHANNELS
-            algorithm = "winograd" if winograd_applies and enough_channels else "im2col"
+            th, tw = WG.tile_grid(*self.output_shape[:2])
+            enough_work = self.input_shape[2] >= WINOGRAD_MIN_CHANNELS and th * tw >= WINOGRAD_MIN_TILES
+            algorithm = "winograd" if winograd_applies and enough_work else "im2col"
         if algorithm == "winograd" and winograd_applies:
             self.implementation = Winograd(self)
         elif algorithm == "im2col" and tuple(self.kernel_size) == (1, 1) and unit_strides:
@@ -142,6 +153,8 @@ class Conv2D(ActivatedLayer):
                              f"'winograd' for a 3x3 kernel with strides 1, received {algorithm!r} for "
                              f"kernel_size {self.kernel_size} and strides {self.strides}")
         self._epilogue = None
+        self._small_batch_im2col = None  # see _inference_implementation
+        self._ran = self.implementation
 
     def twin(self):
         twin = super().twin()
@@ -149,25 +162,43 @@ class Conv2D(ActivatedLayer):
             twin.algorithm = self.algorithm
         return twin
 
+    def _inference_implementation(self, n):
+        """The implementation an inference call on ``n`` images runs: the layer's own, except that a
+        Winograd layer runs im2col when the whole batch has fewer than
+        ``WINOGRAD_MIN_INFERENCE_TILES`` output tiles (one scan at a time through a small image),
+        where transforming the kernel on every call costs more than the products it saves. The two
+        agree up to float32 rounding (~1e-6 relative)."""
+        if self.implementation.algorithm != "winograd":
+            return self.implementation
+        th, tw = WG.tile_grid(*self.output_shape[:2])
+        if n * th * tw >= WINOGRAD_MIN_INFERENCE_TILES:
+            return self.implementation
+        if self._small_batch_im2col is None:
+            self._small_batch_im2col = Im2col(self)
+        return self._small_batch_im2col
+
     @property
     def _kept_cols(self):
         """The columns an im2col implementation kept from a training forward pass for backward
         (``Im2col.kept_columns``), else None."""
         return getattr(self.implementation, "kept_columns", None)
 
-    def _implementation_epilogue(self):
+    def _implementation_epilogue(self, implementation=None):
         """The bias and ReLU to apply inside the implementation's output pass, or None when the
         layer applies bias and activation itself (an im2col layer, or an activation other than
         ReLU or none)."""
-        if not (self.implementation.applies_epilogue and self.activation.name in ("relu", "linear")):
+        implementation = self.implementation if implementation is None else implementation
+        if not (implementation.applies_epilogue and self.activation.name in ("relu", "linear")):
             return None
         return Epilogue(self.params["bias"] if self.use_bias else None, self.activation.name == "relu")
 
     def forward(self, x, training=False):
         """x (N, H, W, C) -> y (N, OH, OW, F) = activation(conv(x) + bias)."""
         y = self._buffer("y", (x.shape[0],) + self.output_shape)
-        self._epilogue = self._implementation_epilogue()
-        self.implementation.forward(x, y, training, self._epilogue)
+        implementation = self.implementation if training else self._inference_implementation(x.shape[0])
+        self._epilogue = self._implementation_epilogue(implementation)
+        implementation.forward(x, y, training, self._epilogue)
+        self._ran = implementation  # what backward must differentiate (Grad-CAM follows inference)
         y2d = y.reshape(-1, self.filters)
         if self._epilogue is None:
             y2d = self._activate(y2d)  # bias and activation here; keeps the logits for the loss
@@ -181,10 +212,10 @@ class Conv2D(ActivatedLayer):
         if self._epilogue is None:
             return super().backward(grad_out)  # activation and bias gradient, then _linear_backward
         dy2d = np.ascontiguousarray(grad_out).reshape(-1, self.filters)
-        return self.implementation.backward(dy2d, self._epilogue)
+        return self._ran.backward(dy2d, self._epilogue)
 
     def _linear_backward(self, dz2d):
-        return self.implementation.backward(dz2d)
+        return self._ran.backward(dz2d)
 
     # --- 2x2 max pooling computed inside a Winograd layer (a rewrite of the model's plan, tinycnn/graph.py) ---
 
@@ -197,6 +228,12 @@ class Conv2D(ActivatedLayer):
         return (self.implementation.pools and self._implementation_epilogue() is not None
                 and type(pool) is MaxPooling2D and pool.pool_size == (2, 2) and pool.strides == (2, 2)
                 and oh % 2 == 0 and ow % 2 == 0)
+
+    def pools_inside(self, n, training):
+        """Whether a call on ``n`` images computes a fused 2x2 max pooling inside the Winograd output
+        transform: always in training; in inference unless the batch is small enough for im2col
+        (:meth:`_inference_implementation`), which has no pooling inside."""
+        return training or self._inference_implementation(n) is self.implementation
 
     def forward_pooled(self, x, training=False):
         """``MaxPooling2D((2, 2))(self.forward(x))`` in one pass: the full-size output is never stored.
