@@ -199,7 +199,7 @@ def plot(results, args):
         ax.set_xscale("log", base=2)
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.set_xlabel("batch size")
-        ax.set_title(f"{args.model}, {args.image_size}x{args.image_size}x3, {threads} thread(s)")
+        ax.set_title(f"{args.model}, {args.image_size}x{args.image_size}x3, {threads} thread{'s' if threads > 1 else ''}")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("inference images/s (median, min-max)")
     axes[0][-1].legend()
