@@ -384,8 +384,8 @@ def _time_conv_pieces(layer, x, repeats, peak, pooled=False):
                 return result
             return call
 
-        impl.kernels = {serial: type(table)(**{role: timed(role, fn) for role, fn in vars(table).items()})
-                        for serial, table in type(impl).kernels.items()}
+        table = type(impl).kernels
+        impl.kernels = type(table)(**{role: timed(role, fn) for role, fn in vars(table).items()})
         try:
             t0 = time.perf_counter()
             if pooled:

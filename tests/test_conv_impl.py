@@ -273,8 +273,8 @@ def test_a_profiler_can_wrap_the_kernels_without_changing_results(threads, imple
                     called.add(role)
                     return fn(*args, **kwargs)
                 return call
-            layer.implementation.kernels = {serial: type(ks)(**{r: wrapped(r, f) for r, f in vars(ks).items()})
-                                            for serial, ks in implementation.kernels.items()}
+            ks = implementation.kernels
+            layer.implementation.kernels = type(ks)(**{r: wrapped(r, f) for r, f in vars(ks).items()})
         results.append([layer.forward(x, training=True).copy(), layer.backward(dy).copy(),
                         layer.grads["kernel"].copy(), layer.grads["bias"].copy()])
     assert called == roles

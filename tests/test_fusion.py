@@ -75,8 +75,7 @@ def test_no_fusion_for_im2col_layers_or_a_pooling_head():
     assert head.layers[0].algorithm == "winograd" and head._fusion_plan() == ()
 
 
-@pytest.mark.parametrize("serial", [False, True])
-def test_output_transform_pool_is_output_transform_then_max_pool(serial):
+def test_output_transform_pool_is_output_transform_then_max_pool():
     gen = np.random.default_rng(0)
     th, tw, f = 3, 4, 5
     m = gen.standard_normal((16, 2 * th * tw, f)).astype(np.float32)
@@ -89,7 +88,7 @@ def test_output_transform_pool_is_output_transform_then_max_pool(serial):
     P.maxpool_forward(y, 2, 2, 2, 2, 0, 0, pooled, argmax)
     p = np.empty_like(pooled)
     win = np.empty_like(argmax)
-    (W.output_transform_pool_serial if serial else W.output_transform_pool)(m, th, tw, bias, True, p, win)
+    W.output_transform_pool(m, th, tw, bias, True, p, win)
     np.testing.assert_array_equal(p, pooled)
     # the flat index of the winner in y, from its position in the tile
     rows = 2 * np.arange(th)[None, :, None, None] + win // 2
@@ -105,7 +104,6 @@ def test_output_transform_pool_is_output_transform_then_max_pool(serial):
     W.output_transform_backward(dy, y, True, th, tw, dm_ref, db_ref)
     dm = np.empty_like(m)
     db = np.full((2 * th, f), np.nan)
-    (W.output_transform_pool_backward_serial if serial else W.output_transform_pool_backward)(
-        dp, p, win, True, th, tw, dm, db)
+    W.output_transform_pool_backward(dp, p, win, True, th, tw, dm, db)
     np.testing.assert_array_equal(dm, dm_ref)
     np.testing.assert_array_equal(db, db_ref)

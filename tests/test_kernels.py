@@ -114,8 +114,7 @@ def test_winograd_reference_twin_matches_direct_loops(h, w, padding):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("serial", [False, True])
-def test_winograd_output_transform_fuses_bias_relu_and_the_bias_gradient(dtype, serial):
+def test_winograd_output_transform_fuses_bias_relu_and_the_bias_gradient(dtype):
     # y = relu(A^T M A + b); backward from dy: dM from dz = dy * (y > 0), and sum(dz) by tile row.
     oh, ow, f = 7, 5, 6                         # odd: edge tiles take the patch path
     th, tw = W.tile_grid(oh, ow)
@@ -124,7 +123,7 @@ def test_winograd_output_transform_fuses_bias_relu_and_the_bias_gradient(dtype, 
     plain = np.empty((3, oh, ow, f), dtype=dtype)
     W.output_transform(m, th, tw, np.zeros(f, dtype=dtype), False, plain)
     fused = np.empty_like(plain)
-    (W.output_transform_serial if serial else W.output_transform)(m, th, tw, bias, True, fused)
+    W.output_transform(m, th, tw, bias, True, fused)
     expected = R.relu(plain + bias)
     np.testing.assert_allclose(fused, expected, **tol(dtype))
     assert (fused == 0).mean() > 0.2            # the ReLU really cut something
@@ -135,8 +134,7 @@ def test_winograd_output_transform_fuses_bias_relu_and_the_bias_gradient(dtype, 
     W.output_transform_backward(dz, dz, False, th, tw, dm_ref, np.empty((3 * th, f)))
     dm = np.empty_like(m)
     db_rows = np.full((3 * th, f), np.nan)      # must be overwritten, not added to
-    (W.output_transform_backward_serial if serial else W.output_transform_backward)(
-        dy, fused, True, th, tw, dm, db_rows)
+    W.output_transform_backward(dy, fused, True, th, tw, dm, db_rows)
     np.testing.assert_allclose(dm, dm_ref, **tol(dtype))
     np.testing.assert_allclose(db_rows.sum(axis=0), dz.sum(axis=(0, 1, 2)), **tol(dtype))
 

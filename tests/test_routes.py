@@ -4,8 +4,8 @@ A Conv2D runs one of three implementations (``tinycnn/layers/conv.py``): Im2col 
 from forward for backward, or rebuilt), Pointwise (1x1) or Winograd (bias and ReLU inside the
 output transform, any other activation after it). The plan (``tinycnn/graph.py``) may compute a
 following 2x2 max pooling inside a Winograd convolution (``forward_pooled``), and every
-implementation may split the batch over threads (serial kernels, ``tinycnn/_threads.py``), or, for a
-lone image, run the whole-batch kernels (Numba's parallel loops). Each route is a different piece of code, so each gets its own gradient check:
+implementation may split the batch over threads (``tinycnn/_threads.py``), or, for a lone image, run
+it whole (its products on BLAS's threads). Each route is a different piece of code, so each gets its own gradient check:
 
 * ``test_every_route_matches_finite_differences`` (1 and 2 threads, a batch of 4) and
   ``test_one_image_on_two_threads_matches_finite_differences``: ``check_model``
@@ -13,7 +13,7 @@ lone image, run the whole-batch kernels (Numba's parallel loops). Each route is 
   route. A 1x1 convolution in front has a weight gradient that depends on the tested layer's input
   gradient, so a wrong input adjoint fails too. The route is asserted inside the test, from the
   implementation's class, the kernels it called (shadowed on the instance, the profiler's seam,
-  with the serial set a split runs) and the plan's steps.
+  with whether each call ran in a slice of a split) and the plan's steps.
 * ``test_float32_gradients_agree_with_float64``: at layer level, every output and gradient of a
   float32 layer against the same layer in float64 (the reference), with a tolerance per route.
   The worst errors are printed at the end of the run; README's accuracy table quotes them.
@@ -78,19 +78,19 @@ def threads(request, monkeypatch):
 
 def record_kernel_calls(layer):
     """Shadow the implementation's kernels on the instance (as ``bench/bench_layers.py`` does) so
-    that every call is recorded as ``(role, serial)``; returns the set that fills up."""
+    that every call is recorded as ``(role, split)``, ``split`` True when the call ran in one slice of
+    a batch split over threads (``_threads.split_batch``); returns the set that fills up."""
     calls = set()
     implementation = layer.implementation
 
-    def recorded(role, serial, fn):
+    def recorded(role, fn):
         def call(*args, **kwargs):
-            calls.add((role, serial))
+            calls.add((role, getattr(_threads._inside, "active", False)))
             return fn(*args, **kwargs)
         return call
 
-    implementation.kernels = {serial: SimpleNamespace(**{role: recorded(role, serial, fn) for role, fn in
-                                                         vars(kernels).items()})
-                              for serial, kernels in type(implementation).kernels.items()}
+    implementation.kernels = SimpleNamespace(**{role: recorded(role, fn) for role, fn in
+                                                vars(type(implementation).kernels).items()})
     return calls
 
 
@@ -121,7 +121,7 @@ def _randomise(layer, gen):
 def _finite_differences(route, monkeypatch, batch, size):
     """``check_model`` on front 1x1 conv -> the route's Conv2D (-> 2x2 max pool) -> Dense softmax,
     for a batch of ``batch`` images of ``size``, with the route asserted; returns the
-    ``(role, serial)`` kernel calls the tested layer made."""
+    ``(role, split)`` kernel calls the tested layer made."""
     r = ROUTES[route]
     tested = _build_route(route, "float64", monkeypatch, size=size)
     front = Conv2D(tested.input_shape[2], 1, dtype="float64", name="front", input_shape=size + (3,))
@@ -165,7 +165,7 @@ def test_every_route_matches_finite_differences(threads, monkeypatch, route):
     # elsewhere, so that Winograd's edge tiles (half outside the output) take part.
     calls = _finite_differences(route, monkeypatch, batch=4, size=(6, 6) if r.pooled else (6, 5))
 
-    # 2 threads: the batch split, whose slices run the serial kernels (Winograd's kernel transform
+    # 2 threads: the batch split, whose slices run the chunk loops' kernels (Winograd's kernel transform
     # and its adjoint act on the weights, outside the split, the same either way)
     per_slice = {s for role, s in calls if role not in ("kernel_transform", "kernel_adjoint")}
     assert per_slice == {threads > 1}, calls
@@ -183,11 +183,11 @@ def test_every_route_matches_finite_differences(threads, monkeypatch, route):
 @pytest.mark.parametrize("route", list(ROUTES))
 def test_one_image_on_two_threads_matches_finite_differences(threads, monkeypatch, route):
     """A batch of one image on 2 threads has no batch to split: forward and backward run the
-    whole-batch kernels (Numba's parallel loops, threaded BLAS) instead of the serial ones."""
+    whole batch in the calling thread (its products on BLAS's threads), no slice of a split."""
     r = ROUTES[route]
     calls = _finite_differences(route, monkeypatch, batch=1, size=(8, 8) if r.pooled else (8, 7))
     forward, adjoint = _transforms(route) if r.implementation is Winograd else ("forward_product", "input_product")
-    assert {(forward, False), (adjoint, False)} <= calls and not {serial for _, serial in calls} - {False}, calls
+    assert {(forward, False), (adjoint, False)} <= calls and not {split for _, split in calls} - {False}, calls
 
 
 # --- float32 against float64, layer by layer --------------------------------------------------------

@@ -18,9 +18,9 @@ single-threaded BLAS products). Why not Numba's ``parallel=True`` and a threaded
 * Numba's ``workqueue`` layer aborts the process when two Python threads launch parallel
   functions at once.
 
-What still runs Numba-parallel (the convolutions' whole-batch kernel variants, used when the batch
-cannot be split) uses the ``workqueue`` layer, picked here unless the user chose a layer with the
-``NUMBA_THREADING_LAYER`` environment variable: it parks its workers instead of spinning.
+No tinycnn kernel uses ``parallel=True``; should one (or a user's own) run Numba-parallel, the
+``workqueue`` layer is picked here unless the user chose a layer with the ``NUMBA_THREADING_LAYER``
+environment variable: it parks its workers instead of spinning.
 
 This module must be imported before any parallel kernel first runs; ``tinycnn/__init__.py`` does so.
 """
@@ -184,9 +184,9 @@ def split_batch(n, work):
 
     With several threads (:func:`thread_count`), a controllable BLAS and at least two
     images, the batch is cut into contiguous slices, one per thread (slot 0 in the calling
-    thread), BLAS runs single-threaded meanwhile, and ``serial=True`` asks ``work`` for the
-    serial kernels. Otherwise ``work(0, n, 0, False)`` runs here with the parallel kernels and
-    threaded BLAS. Exceptions in a slice are raised here.
+    thread), BLAS runs single-threaded meanwhile, and ``serial`` is True. Otherwise (one image,
+    one thread) ``work(0, n, 0, False)`` runs here, the Numba kernels in this thread and the BLAS
+    products on all of its threads. Exceptions in a slice are raised here.
     """
     threads = min(thread_count(), n)
     controllers = _blas_controllers() if threads > 1 else []

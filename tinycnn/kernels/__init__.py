@@ -7,7 +7,7 @@ trust their inputs: shapes and dtypes are checked once, one floor up, in the lay
 They are serial loops that release the GIL (``nogil=True``). Threads are added from outside:
 ``_util.by_rows`` runs a row-wise kernel on one slice of rows per thread, ``_util.sum_blocks`` a
 sum over rows in fixed blocks, and the convolutions split the batch (``_threads.split_batch``).
-Only the convolution kernels' whole-batch variants still use Numba's ``parallel=True``.
+None uses Numba's ``parallel=True`` (``_threads.py`` says why).
 
 Reading order for a learner:
 

@@ -23,7 +23,7 @@ Backward, with ``dy2d`` the output gradient as an (N*OH*OW, F) matrix:
 The two products run in BLAS (called from the layer); the copies run here.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._util import block_rows, by_rows, n_blocks, sum_blocks
 
@@ -78,7 +78,7 @@ def _im2col_row(x, kh, kw, sh, sw, ph, pw, oh, ow, cols, t):
                 col += c
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
     """Copy every receptive field of ``x`` into one row of ``cols``.
 
@@ -91,13 +91,6 @@ def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
         Output height and width.
     cols : ndarray (N*OH*OW, KH*KW*C), written.
     """
-    for t in prange(x.shape[0] * oh):
-        _im2col_row(x, kh, kw, sh, sw, ph, pw, oh, ow, cols, t)
-
-
-@njit(nogil=True, cache=True)
-def im2col_serial(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
-    """:func:`im2col` in the calling thread, without holding the GIL."""
     for t in range(x.shape[0] * oh):
         _im2col_row(x, kh, kw, sh, sw, ph, pw, oh, ow, cols, t)
 
@@ -131,25 +124,19 @@ def _col2im_row(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx, t):
                     dx[n, hi, wi, ch] += dcols[row, col + ch]
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def col2im(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx):
     """Adjoint of :func:`im2col`: each input pixel sums the column entries it was copied to.
 
-    Written as a *gather* over input pixels rather than a scatter over columns, so parallel
-    iterations never write to the same element and the summation order is fixed (deterministic).
+    Written as a *gather* over input pixels rather than a scatter over columns: each input row is
+    written by one iteration, so a slice of rows per thread never collides with another, and the
+    summation order is fixed (deterministic).
 
     Parameters
     ----------
     dcols : ndarray (N*OH*OW, KH*KW*C)
     dx : ndarray (N, H, W, C), overwritten.
     """
-    for t in prange(dx.shape[0] * dx.shape[1]):
-        _col2im_row(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx, t)
-
-
-@njit(nogil=True, cache=True)
-def col2im_serial(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx):
-    """:func:`col2im` in the calling thread, without holding the GIL."""
     for t in range(dx.shape[0] * dx.shape[1]):
         _col2im_row(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx, t)
 

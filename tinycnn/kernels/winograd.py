@@ -35,7 +35,7 @@ Tiles step by 2 and are 4 wide, so input tiles overlap by 2 pixels; outputs do n
 of a tile outside the image are the zero padding ('same') or simply unused ('valid', odd sizes).
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
 def tile_grid(out_h, out_w):
@@ -163,7 +163,7 @@ def _input_transform_row(x, ph, pw, th, tw, v, t, patch):
         _input_tile(src, hs, ws, v, t * tw + tj)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def input_transform(x, ph, pw, th, tw, v):
     """``V = B^T d B`` for every input tile ``d`` and channel.
 
@@ -176,13 +176,6 @@ def input_transform(x, ph, pw, th, tw, v):
         Tiles per image along each axis (:func:`tile_grid`).
     v : ndarray (16, R, C) with R >= N*th*tw, written; row ``(n*th + ti)*tw + tj``.
     """
-    for t in prange(x.shape[0] * th):
-        _input_transform_row(x, ph, pw, th, tw, v, t, np.empty((4, 4, x.shape[3]), dtype=x.dtype))
-
-
-@njit(nogil=True, cache=True)
-def input_transform_serial(x, ph, pw, th, tw, v):
-    """:func:`input_transform` in the calling thread, without holding the GIL."""
     patch = np.empty((4, 4, x.shape[3]), dtype=x.dtype)
     for t in range(x.shape[0] * th):
         _input_transform_row(x, ph, pw, th, tw, v, t, patch)
@@ -263,30 +256,17 @@ def _input_transform_backward_row(dv, ph, pw, th, tw, dx, s, parity, patch):
                         dx[n, h0 + p, w0 + q, ch] += patch[p, q, ch]
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def input_transform_backward(dv, ph, pw, th, tw, dx):
     """Adjoint of :func:`input_transform`: ``dd = B dV B^T`` per tile, summed into ``dx``.
 
-    Neighbouring tiles overlap by two rows/columns. Tile rows of one parity never overlap each other,
-    so the even rows run in parallel, then the odd rows; along a row the tiles run in order. Every
-    pixel therefore sums its contributions in the same order whatever the thread count. Tiles that
-    reach into the padding are added to a zeroed 4x4 patch first, and only its inside part is kept.
+    Neighbouring tiles overlap by two rows/columns. The even tile rows are added first, then the odd
+    ones (rows of one parity never overlap each other), along a row in order, so every pixel sums its
+    contributions in one fixed order. Tiles that reach into the padding are added to a zeroed 4x4
+    patch first, and only its inside part is kept.
 
     dv : ndarray (16, R, C) with R >= N*th*tw; dx : ndarray (N, H, W, C), overwritten.
     """
-    n_img, h, w, c = dx.shape
-    for t in prange(n_img * h):
-        dx[t // h, t % h, :, :] = 0
-    half = (th + 1) // 2
-    for parity in range(2):
-        for s in prange(n_img * half):
-            _input_transform_backward_row(dv, ph, pw, th, tw, dx, s, parity,
-                                          np.empty((4, 4, c), dtype=dx.dtype))
-
-
-@njit(nogil=True, cache=True)
-def input_transform_backward_serial(dv, ph, pw, th, tw, dx):
-    """:func:`input_transform_backward` in the calling thread (same summation order)."""
     n_img, h, w, c = dx.shape
     dx[...] = 0
     patch = np.empty((4, 4, c), dtype=dx.dtype)
@@ -349,7 +329,7 @@ def _output_transform_row(m, th, tw, bias, relu, y, t, patch):
                         y[n, oi + i, oj + j, k] = patch[i, j, k]
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def output_transform(m, th, tw, bias, relu, y):
     """``y = A^T M A + bias`` (then ReLU if ``relu``) for every tile and filter; outputs past an odd
     edge are dropped.
@@ -357,13 +337,6 @@ def output_transform(m, th, tw, bias, relu, y):
     m : ndarray (16, R, F) with R >= N*th*tw; bias : ndarray (F,) (zeros for none); relu : bool;
     y : ndarray (N, OH, OW, F), written.
     """
-    for t in prange(y.shape[0] * th):
-        _output_transform_row(m, th, tw, bias, relu, y, t, np.empty((2, 2, y.shape[3]), dtype=y.dtype))
-
-
-@njit(nogil=True, cache=True)
-def output_transform_serial(m, th, tw, bias, relu, y):
-    """:func:`output_transform` in the calling thread, without holding the GIL."""
     patch = np.empty((2, 2, y.shape[3]), dtype=y.dtype)
     for t in range(y.shape[0] * th):
         _output_transform_row(m, th, tw, bias, relu, y, t, patch)
@@ -450,7 +423,7 @@ def _output_transform_backward_row(dy, y, relu, th, tw, dm, db_rows, t, patch):
         db_rows[t, k] = db[k]
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def output_transform_backward(dy, y, relu, th, tw, dm, db_rows):
     """Adjoint of :func:`output_transform`: ``dM = A dZ A^T`` per tile (dZ zero past an odd edge),
     with ``dZ = dY * (y > 0)`` if ``relu`` else ``dY``; and the bias gradient, by tile row.
@@ -460,14 +433,6 @@ def output_transform_backward(dy, y, relu, th, tw, dm, db_rows):
     db_rows : ndarray (N*th, F) float64, written: row t holds the sum of dZ over tile row t, so that
     ``db_rows.sum(axis=0)`` is the bias gradient whatever the thread count or batch split.
     """
-    for t in prange(dy.shape[0] * th):
-        _output_transform_backward_row(dy, y, relu, th, tw, dm, db_rows, t,
-                                       np.empty((2, 2, dy.shape[3]), dtype=dy.dtype))
-
-
-@njit(nogil=True, cache=True)
-def output_transform_backward_serial(dy, y, relu, th, tw, dm, db_rows):
-    """:func:`output_transform_backward` in the calling thread, without holding the GIL."""
     patch = np.empty((2, 2, dy.shape[3]), dtype=dy.dtype)
     for t in range(dy.shape[0] * th):
         _output_transform_backward_row(dy, y, relu, th, tw, dm, db_rows, t, patch)
@@ -507,20 +472,13 @@ def _output_transform_pool_row(m, th, tw, bias, relu, p, argmax, t, patch):
             argmax[n, i, tj, k] = win
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def output_transform_pool(m, th, tw, bias, relu, p, argmax):
     """:func:`output_transform` followed by 2x2/stride-2 max pooling, in one pass.
 
     m : ndarray (16, R, F); p : ndarray (N, th, tw, F) written with the pooled outputs;
     argmax : ndarray (N, th, tw, F) int32, written with the winner's position in its tile (0..3).
     """
-    for t in prange(p.shape[0] * th):
-        _output_transform_pool_row(m, th, tw, bias, relu, p, argmax, t, np.empty((2, 2, p.shape[3]), dtype=p.dtype))
-
-
-@njit(nogil=True, cache=True)
-def output_transform_pool_serial(m, th, tw, bias, relu, p, argmax):
-    """:func:`output_transform_pool` in the calling thread, without holding the GIL."""
     patch = np.empty((2, 2, p.shape[3]), dtype=p.dtype)
     for t in range(p.shape[0] * th):
         _output_transform_pool_row(m, th, tw, bias, relu, p, argmax, t, patch)
@@ -549,7 +507,7 @@ def _output_transform_pool_backward_row(dp, p, argmax, relu, th, tw, dm, db_rows
         db_rows[t, k] = db[k]
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def output_transform_pool_backward(dp, p, argmax, relu, th, tw, dm, db_rows):
     """Adjoint of :func:`output_transform_pool`: each pooled gradient goes to its tile's winner
     (zero if ``relu`` and the pooled output is not positive), then ``dM = A dZ A^T`` per tile.
@@ -558,14 +516,6 @@ def output_transform_pool_backward(dp, p, argmax, relu, th, tw, dm, db_rows):
     dm : ndarray (16, R, F), written; db_rows : ndarray (N*th, F) float64, written (as in
     :func:`output_transform_backward`).
     """
-    for t in prange(dp.shape[0] * th):
-        _output_transform_pool_backward_row(dp, p, argmax, relu, th, tw, dm, db_rows, t,
-                                            np.empty((2, 2, dp.shape[3]), dtype=dp.dtype))
-
-
-@njit(nogil=True, cache=True)
-def output_transform_pool_backward_serial(dp, p, argmax, relu, th, tw, dm, db_rows):
-    """:func:`output_transform_pool_backward` in the calling thread, without holding the GIL."""
     patch = np.empty((2, 2, dp.shape[3]), dtype=dp.dtype)
     for t in range(dp.shape[0] * th):
         _output_transform_pool_backward_row(dp, p, argmax, relu, th, tw, dm, db_rows, t, patch)

@@ -267,13 +267,12 @@ class Epilogue(NamedTuple):
     relu: bool
 
 
-def _kernel_sets(**roles):
-    """``{serial: namespace of functions by role}``. Each role is a ``(parallel, serial)`` pair of
-    Numba kernels, or one function for both (BLAS products, serial kernels). The parallel set runs
-    a whole batch in one thread; the serial set runs one slice per thread (``split_batch``)."""
-    return {serial: SimpleNamespace(**{role: fn[serial] if isinstance(fn, tuple) else fn
-                                       for role, fn in roles.items()})
-            for serial in (False, True)}
+def _kernel_table(**roles):
+    """The functions an implementation's chunk loops call, by role: serial Numba kernels (they
+    release the GIL, so the threads of a batch split run them at once) and BLAS products. One
+    table, looked up as ``self.kernels.<role>``, so that a profiler (``bench/bench_layers.py``) can
+    shadow it on an instance with timed versions."""
+    return SimpleNamespace(**roles)
 
 
 def _chunks(lo, hi, step):
@@ -314,16 +313,17 @@ class Im2col(_Implementation):
     columns), are they kept from the forward pass (``kept_columns``).
 
     The batch is split over threads (``split_batch``): each thread runs the chunk loop on its
-    slice, with serial kernels and its own column buffer; the slices' weight gradients are summed
-    in slot order. No epilogue: the layer adds bias and activation after the product.
+    slice, with its own column buffer; the slices' weight gradients are summed in slot order. A
+    batch of one image runs whole, its products on BLAS's threads. No epilogue: the layer adds bias
+    and activation after the product.
 
-    ``kernels[serial]`` holds every function the chunk loops call, by role; a profiler
+    ``kernels`` holds every function the chunk loops call, by role; a profiler
     (``bench/bench_layers.py``) may shadow it on an instance with timed versions.
     """
 
     algorithm = "im2col"
-    kernels = _kernel_sets(im2col=(K.im2col, K.im2col_serial), col2im=(K.col2im, K.col2im_serial),
-                           forward_product=np.matmul, weight_product=np.matmul, input_product=np.matmul)
+    kernels = _kernel_table(im2col=K.im2col, col2im=K.col2im,
+                            forward_product=np.matmul, weight_product=np.matmul, input_product=np.matmul)
 
     def __init__(self, layer):
         super().__init__(layer)
@@ -380,7 +380,7 @@ class Im2col(_Implementation):
         kept = self._kept_buffer(n, training)
 
         def work(lo, hi, slot, serial):
-            k = self.kernels[serial]
+            k = self.kernels
             buf = self._column_buffer(slot, step) if kept is None else None
             for n0, n1 in _chunks(lo, hi, step):
                 cols = self._columns(k, x[n0:n1], buf if kept is None else kept[n0 * pix:])
@@ -404,7 +404,7 @@ class Im2col(_Implementation):
         step = self.chunk_images(n)
 
         def work(lo, hi, slot, serial):
-            k = self.kernels[serial]
+            k = self.kernels
             buf = self._column_buffer(slot, step) if kept is None else None
             dw = layer._buffer(f"dw{slot}", w2d.shape)
             part = layer._buffer(f"dw_part{slot}", w2d.shape)
@@ -456,19 +456,16 @@ class Winograd(_Implementation):
     :meth:`forward_pooled` max-pools each 2x2 output tile on the fly instead of storing it.
 
     Chunks hold about ``WINOGRAD_CHUNK_BYTES`` of V and M. The batch is split over threads as in
-    :class:`Im2col`, the slices' dU summed in slot order. ``kernels[serial]``: as :class:`Im2col`.
+    :class:`Im2col`, the slices' dU summed in slot order. ``kernels``: as :class:`Im2col`.
     """
 
     algorithm = "winograd"
     applies_epilogue = True  # bias and ReLU in the output transform
     pools = True             # 2x2 max pooling in the output transform
-    kernels = _kernel_sets(
-        input_transform=(WG.input_transform, WG.input_transform_serial),
-        output_transform=(WG.output_transform, WG.output_transform_serial),
-        output_transform_pool=(WG.output_transform_pool, WG.output_transform_pool_serial),
-        output_adjoint=(WG.output_transform_backward, WG.output_transform_backward_serial),
-        output_pool_adjoint=(WG.output_transform_pool_backward, WG.output_transform_pool_backward_serial),
-        input_adjoint=(WG.input_transform_backward, WG.input_transform_backward_serial),
+    kernels = _kernel_table(
+        input_transform=WG.input_transform, output_transform=WG.output_transform,
+        output_transform_pool=WG.output_transform_pool, output_adjoint=WG.output_transform_backward,
+        output_pool_adjoint=WG.output_transform_pool_backward, input_adjoint=WG.input_transform_backward,
         kernel_transform=WG.kernel_transform, kernel_adjoint=WG.kernel_transform_backward,
         forward_product=np.matmul, weight_product=np.matmul, input_product=np.matmul)
 
@@ -488,7 +485,7 @@ class Winograd(_Implementation):
         changed since."""
         u = self.layer._buffer("wino_u", (16, self.layer.input_shape[2], self.layer.filters))
         if transform:
-            self.kernels[False].kernel_transform(self.layer.params["kernel"], u)
+            self.kernels.kernel_transform(self.layer.params["kernel"], u)
         return u
 
     def _scratch(self, slot, step, th, tw):
@@ -530,7 +527,7 @@ class Winograd(_Implementation):
             bias[...] = 0
 
         def work(lo, hi, slot, serial):
-            k = self.kernels[serial]
+            k = self.kernels
             v, m = self._scratch(slot, step, th, tw)
             for n0, n1 in _chunks(lo, hi, step):
                 rows = (n1 - n0) * th * tw
@@ -573,7 +570,7 @@ class Winograd(_Implementation):
         db_rows = layer._buffer("wino_db_rows", (n * th, f), np.float64)
 
         def work(lo, hi, slot, serial):
-            k = self.kernels[serial]
+            k = self.kernels
             v, m = self._scratch(slot, step, th, tw)
             du = layer._buffer(f"wino_du{slot}", u.shape)
             part = layer._buffer(f"wino_du_part{slot}", u.shape)
@@ -596,7 +593,7 @@ class Winograd(_Implementation):
             return du  # this slice's dU
 
         du = split_batch_sum(n, work)
-        self.kernels[False].kernel_adjoint(du, layer.grads["kernel"])
+        self.kernels.kernel_adjoint(du, layer.grads["kernel"])
         if epilogue is not None and epilogue.bias is not None:
             # one row per tile row of the batch, summed in one fixed order: independent of the split
             layer.grads["bias"][...] = db_rows.sum(axis=0)
