@@ -7,10 +7,12 @@ The layer (Keras's ``Conv2D``) holds the weights and the activation. The arithme
 * :class:`Im2col`, any kernel and stride: each receptive field is copied into a row of a column
   matrix (``kernels/conv.py: im2col``), and one product with the kernel gives the output.
 * :class:`Pointwise`, 1x1 kernels with stride 1: the input already *is* the column matrix.
-* :class:`Winograd`, 3x3 kernels with stride 1 and at least ``WINOGRAD_MIN_CHANNELS`` input
-  channels: Winograd's F(2x2, 3x3) (``kernels/winograd.py``), 16 smaller products that do the work
-  of the one large product with 2.25x fewer multiplications. Bias and ReLU (the *epilogue*) and a
-  following 2x2 max pooling can run inside its output transform.
+* :class:`Winograd`, 3x3 kernels with stride 1, at least ``WINOGRAD_MIN_CHANNELS`` input
+  channels and ``WINOGRAD_MIN_TILES`` output tiles: Winograd's F(2x2, 3x3) (``kernels/winograd.py``),
+  16 smaller products that do the work of the one large product with 2.25x fewer multiplications.
+  Bias and ReLU (the *epilogue*) and a following 2x2 max pooling can run inside its output
+  transform. An inference call on fewer than ``WINOGRAD_MIN_INFERENCE_TILES`` tiles runs im2col
+  instead (:meth:`Conv2D._inference_implementation`).
 
 An implementation owns everything below the layer: which kernels run, its scratch buffers, the
 chunk size, and the split of the batch over threads (``tinycnn/_threads.py``). All follow one
@@ -79,8 +81,10 @@ class Conv2D(ActivatedLayer):
     the extra row/column at the bottom/right.
 
     ``y = activation(conv(x) + bias)``. ``conv(x)`` is computed by the implementation chosen in
-    :meth:`build` (module docstring): Winograd for 3x3 stride-1 kernels with 16+ input channels,
-    im2col otherwise (without the copy for 1x1 stride-1 kernels). Winograd's result equals im2col's
+    :meth:`build` (module docstring): Winograd for 3x3 stride-1 kernels with 16+ input channels and
+    an output of at least 4 tiles of 2x2, im2col otherwise (without the copy for 1x1 stride-1
+    kernels); an inference call on a small batch runs im2col in a Winograd layer
+    (:meth:`_inference_implementation`). Winograd's result equals im2col's
     up to rounding (float32: ~1e-6 relative). ``layer.algorithm`` tells which a built layer runs
     (``'winograd'`` or ``'im2col'``); setting it after ``build`` switches, e.g. to compare the two.
     ``dilation_rate`` and ``groups`` are not supported.
