@@ -76,12 +76,19 @@ def write(filepath, config, arrays, where="save"):
         raise ValueError(f"{where}: the model's configuration takes {len(data):,} bytes of JSON, more than the "
                          f"{MAX_CONFIG_BYTES:,} that load_model accepts; keep large data out of `model.metadata`")
     entries = {"__config__": np.frombuffer(data, dtype=np.uint8), **arrays}
+    write_atomically(filepath, lambda f: np.savez(f, **entries), suffix=".npz")
+
+
+def write_atomically(filepath, fill, suffix=""):
+    """Write a file so that a crash leaves either the old file or the whole new one: ``fill(f)``
+    writes into a temporary file in the same folder, which is flushed to disk and then renamed over
+    ``filepath`` (the folder synced too). Keeps the permissions of the file it replaces."""
     filepath = os.fspath(filepath)
     folder = os.path.dirname(os.path.abspath(filepath))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **entries)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode(filepath))  # mkstemp makes files private (0o600)

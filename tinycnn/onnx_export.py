@@ -46,12 +46,10 @@ and checks every shape) before it is written, atomically. ONNX Runtime's output 
 """
 import importlib.metadata
 import json
-import os
-import tempfile
 
 import numpy as np
 
-from .archive import _file_mode, _fsync_folder
+from .archive import write_atomically
 from .graph import topological_nodes
 from .kernels.conv import conv_output_length
 from .layers import (Activation, Add, Average, AveragePooling2D, BatchNormalization, Concatenate, Conv2D, Dense,
@@ -106,21 +104,7 @@ def export_onnx(model, filepath, channels_first=False, opset=None):
     """
     proto = to_onnx(model, channels_first=channels_first, opset=opset)
     data = proto.SerializeToString()
-    filepath = os.fspath(filepath)
-    folder = os.path.dirname(os.path.abspath(filepath))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".onnx")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode(filepath))  # mkstemp makes files private (0o600)
-        os.replace(tmp, filepath)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
+    write_atomically(filepath, lambda f: f.write(data), suffix=".onnx")
 
 
 def to_onnx(model, channels_first=False, opset=None):
