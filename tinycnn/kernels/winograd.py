@@ -130,10 +130,9 @@ def _input_tile(src, h0, w0, v, row):
     """
     plus = np.float32(1)  # float32, so that float32 data are not promoted to float64
     minus = np.float32(-1)
-    _input_tile_row(src, h0, w0, 0, 2, minus, v, 0, row)
-    _input_tile_row(src, h0, w0, 1, 2, plus, v, 4, row)
-    _input_tile_row(src, h0, w0, 2, 1, minus, v, 8, row)
-    _input_tile_row(src, h0, w0, 1, 3, minus, v, 12, row)
+    for xi in range(4):  # a loop, not four calls: the row's code is compiled once
+        _input_tile_row(src, h0, w0, (0, 1, 2, 1)[xi], (2, 2, 1, 3)[xi], (minus, plus, minus, minus)[xi], v,
+                        4 * xi, row)
 
 
 @njit(inline="always")
