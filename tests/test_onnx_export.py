@@ -309,6 +309,11 @@ def test_unexportable_layers_and_options_are_refused_clearly(tmp_path):
         Sequential([Dense(2)]).export(path)
     with pytest.raises(ValueError, match="format must be 'onnx'"):
         small.export(path, format="tf_saved_model")
+    # a folder that does not exist: named, not mkstemp's temporary file (model.save says the same)
+    missing = tmp_path / "no such folder" / "model.onnx"
+    for write in (small.export, small.save):
+        with pytest.raises(FileNotFoundError, match=r"cannot write .*model.onnx: the folder .*no such folder does not"):
+            write(missing)
 
 
 def test_without_onnx_the_message_says_how_to_install_it(tmp_path, monkeypatch):

@@ -85,6 +85,8 @@ def write_atomically(filepath, fill, suffix=""):
     ``filepath`` (the folder synced too). Keeps the permissions of the file it replaces."""
     filepath = os.fspath(filepath)
     folder = os.path.dirname(os.path.abspath(filepath))
+    if not os.path.isdir(folder):  # else mkstemp's error names the temporary file, not the one asked for
+        raise FileNotFoundError(f"cannot write {filepath}: the folder {folder} does not exist")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:
