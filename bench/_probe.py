@@ -82,7 +82,6 @@ def probe_startup(batch_size, size):
 def _torch_step(batch_size, size):
     """One PyTorch training step (channels_last, Adam), as bench_train.py times it."""
     import torch
-    import torch.nn.functional as F
 
     import bench_train
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -91,14 +90,7 @@ def _torch_step(batch_size, size):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
     x_nhwc, _, labels = _common.random_batch(batch_size, size)
     x = torch.from_numpy(x_nhwc).permute(0, 3, 1, 2)
-    target = torch.from_numpy(labels)
-
-    def step():
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), target).backward()
-        optimizer.step()
-    return step
+    return bench_train.torch_training_step(torch, model, optimizer, x, torch.from_numpy(labels))
 
 
 def _tinycnn_step(batch_size, size):

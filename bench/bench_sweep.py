@@ -15,8 +15,8 @@ its speed), run in inference at every batch size of ``--batch-sizes`` and every 
 ``--threads-list``:
 
 * **tinycnn**: ``model.predict(x, batch_size=len(x))`` on NHWC float32 arrays.
-* **onnxruntime**: the exported model (``channels_first=True``), one session per thread count
-  (``intra_op_num_threads``), fed NCHW arrays prepared before timing.
+* **onnxruntime**: the exported model, one session per thread count, as ``bench_train.py`` makes it
+  (``onnxruntime_session``: NCHW, full graph optimisation), fed NCHW arrays prepared before timing.
 * **torch[channels_last]**: the twin in ``eval()`` under ``inference_mode``, ``torch.set_num_threads``.
 
 For each (threads, batch) cell the systems take turns, round-robin, ``--repeats`` times, each turn
@@ -32,7 +32,6 @@ The output: one table per thread count (images/s, and the ratio tinycnn / peer) 
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -79,11 +78,7 @@ def systems_for(args, model, modules, threads):
     systems = {"tinycnn": lambda x: (lambda: model.predict(x, batch_size=len(x)))}
     numba.set_num_threads(threads)
     if "onnxruntime" in modules:
-        ort = modules["onnxruntime"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(args.onnx_path, options, providers=["CPUExecutionProvider"])
+        session = bench_train.onnxruntime_session(modules["onnxruntime"], model, threads)
         name = session.get_inputs()[0].name
 
         def ort_step(x):
@@ -118,9 +113,6 @@ def main(argv=None):
     from threadpoolctl import threadpool_limits
 
     model = _common.build_tinycnn_model(args.image_size, model=args.model)
-    if "onnxruntime" in modules:
-        args.onnx_path = os.path.join(tempfile.mkdtemp(prefix="tinycnn-sweep-"), "model.onnx")
-        model.export(args.onnx_path, channels_first=True)
     if "torch" in modules:
         torch = modules["torch"]
         torch.manual_seed(0)

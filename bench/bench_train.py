@@ -189,10 +189,21 @@ def build_torch_model(torch, size, model="reference"):
     )
 
 
-def torch_systems(torch, args, data, tasks):
-    """Two systems: the model in channels_last memory format (NHWC in memory) and in NCHW."""
+def torch_training_step(torch, model, optimizer, x, target):
+    """One PyTorch training step as a callable: zero_grad, forward, cross-entropy on the logits,
+    backward, ``optimizer.step()`` (also what ``_probe.py`` measures the memory of)."""
     import torch.nn.functional as F
 
+    def step():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), target).backward()
+        optimizer.step()
+    return step
+
+
+def torch_systems(torch, args, data, tasks):
+    """Two systems: the model in channels_last memory format (NHWC in memory) and in NCHW."""
     systems = []
     for fmt_name, fmt in (("channels_last", torch.channels_last), ("nchw", torch.contiguous_format)):
         torch.manual_seed(0)
@@ -203,14 +214,8 @@ def torch_systems(torch, args, data, tasks):
             x_nhwc, _, labels = data[batch]
             # A permuted NHWC array is already channels_last in memory; .contiguous(fmt) copies only for NCHW.
             x = torch.from_numpy(x_nhwc).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
-            target = torch.from_numpy(labels)
             if kind == "train":
-                def step(model=model, optimizer=optimizer, x=x, target=target):
-                    model.train()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(x), target)
-                    loss.backward()
-                    optimizer.step()
+                step = torch_training_step(torch, model, optimizer, x, torch.from_numpy(labels))
             else:
                 def step(model=model, x=x):
                     model.eval()
@@ -219,6 +224,19 @@ def torch_systems(torch, args, data, tasks):
             steps[key] = step
         systems.append(System(f"torch[{fmt_name}]", steps))
     return systems
+
+
+def onnxruntime_session(ort, model, threads):
+    """``model`` exported with ``channels_first=True`` and loaded by ONNX Runtime's CPU provider with
+    ``threads`` intra-op threads and full graph optimisation (the file goes once it is loaded)."""
+    with tempfile.TemporaryDirectory(prefix="tinycnn-bench-") as folder:
+        path = os.path.join(folder, "model.onnx")
+        model.export(path, channels_first=True)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def onnxruntime_system(ort, args, data, tasks, model):
@@ -231,13 +249,7 @@ def onnxruntime_system(ort, args, data, tasks, model):
     folded into the convolution where it is exact, operators fused) at session creation, untimed.
     """
     import numpy as np
-    path = os.path.join(tempfile.mkdtemp(prefix="tinycnn-bench-"), "model.onnx")
-    model.export(path, channels_first=True)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(ort, model, args.threads)
     name = session.get_inputs()[0].name
     steps = {}
     for key, _, kind, batch in tasks:
