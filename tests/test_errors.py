@@ -24,6 +24,7 @@ Y = np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]
     (np.zeros((4, 8, 8)), r"layer 'conv' \(Conv2D\) must have shape \(None, 8, 8, 3\), received `x` with shape \(4, 8, 8\)"),
     (np.zeros((4, 8, 8, 1)), r"must have shape \(None, 8, 8, 3\).*\(4, 8, 8, 1\)"),
     (np.zeros((4, 9, 8, 3)), r"must have shape \(None, 8, 8, 3\).*\(4, 9, 8, 3\)"),
+    (np.zeros((4, 3, 8, 8)), r"\(4, 3, 8, 8\); these look like channels-first \(NCHW\) images.*x.transpose\(0, 2, 3, 1\)"),
     (np.zeros((0, 8, 8, 3)), r"no samples"),
 ])
 def test_wrong_input_shape(x, message):

@@ -349,8 +349,12 @@ class Model:
         reader = self._input_reader(i)
         expected = self.inputs[i].shape
         if x.ndim != len(expected) or tuple(x.shape[1:]) != expected[1:]:
+            hint = ""
+            if x.ndim == 4 and len(expected) == 4 and tuple(x.shape[1:]) == (expected[3], *expected[1:3]):
+                hint = (f"; these look like channels-first (NCHW) images, as PyTorch takes them: tinycnn takes "
+                        f"channels last, `{argument}.transpose(0, 2, 3, 1)`")
             raise ValueError(f"{where}: input to layer '{reader.name}' ({type(reader).__name__}) must have shape "
-                             f"{expected}, received `{argument}` with shape {x.shape}")
+                             f"{expected}, received `{argument}` with shape {x.shape}{hint}")
         if x.shape[0] == 0 and not allow_empty:
             raise ValueError(f"{where}: `{argument}` holds no samples (shape {x.shape})")
         if x.dtype.kind == "f" and x.size:
