@@ -49,11 +49,12 @@ _blas_lock = threading.Lock()
 #: a model's layers (a training step, a prediction batch, a Grad-CAM pass, ``layer(x)``). Two
 #: reasons, both about calls from several Python threads at once:
 #:
-#: * Numba's ``workqueue`` threading layer *aborts the process* when two threads enter parallel
-#:   kernels at the same time ("Concurrent access has been detected"), and a batch of one image, or a
-#:   batch norm, pooling or optimizer step, runs such kernels.
 #: * A layer keeps per-call state (its output buffers, the input its backward pass needs), so two
 #:   batches through one model at once would overwrite each other's.
+#: * One pool of slice threads serves every call (:func:`in_slices`, :func:`split_batch`), and
+#:   BLAS's thread count is set process-wide while a batch is split. (Before tinycnn's kernels left
+#:   ``parallel=True``, Numba's ``workqueue`` layer also *aborted the process* when two threads
+#:   entered parallel kernels at once: the fault the lock was first added for.)
 #:
 #: It is reentrant (a callback may call ``predict`` inside ``fit``) and held for one batch, not for
 #: a whole ``fit``: threads take turns batch by batch. On this project's 2-core target each batch
