@@ -12,8 +12,8 @@ What it answers
 A web service answers requests from a thread pool: each request is one image, and several arrive
 at once. tinycnn lets any number of threads call ``predict`` at the same time, on one model or on
 several, and they take turns batch by batch under one process-wide lock (``tinycnn/_threads.py``,
-``compute_lock``): Numba's workqueue threading layer aborts the process when two threads enter
-parallel kernels at once, and a layer keeps per-call buffers. So threads bring safety, not speed:
+``compute_lock``): a layer keeps per-call buffers, and the slice threads and BLAS's thread count are
+shared by the process. So threads bring safety, not speed:
 each batch already uses every core (``--threads``). This measures what taking turns costs.
 
 Three ways to serve, the same weights in each:
