@@ -177,15 +177,15 @@ def _spy_on_implementations(monkeypatch):
 
 
 def test_a_small_inference_batch_runs_im2col_in_a_winograd_layer(monkeypatch):
-    """Inference on fewer than WINOGRAD_MIN_INFERENCE_TILES output tiles (a 16x16 image: 64 tiles)
+    """Inference on fewer than WINOGRAD_MIN_INFERENCE_TILES output tiles (a 12x12 image: 36 tiles)
     runs im2col; a larger batch and every training call run the layer's Winograd. The two agree to
     rounding, and a backward pass after the small inference call (Grad-CAM does that) differentiates
     what ran."""
     ran = _spy_on_implementations(monkeypatch)
-    layer = _layer(Winograd, 3, activation="relu", input_shape=(16, 16, 4))
+    layer = _layer(Winograd, 3, activation="relu", input_shape=(12, 12, 4))
     assert layer.algorithm == "winograd"
     gen = np.random.default_rng(5)
-    x = gen.standard_normal((5, 16, 16, 4))
+    x = gen.standard_normal((5, 12, 12, 4))
     dy = gen.standard_normal((1,) + layer.output_shape)
     y_ref, dx_ref, dw_ref, db_ref = _expected(layer, x[:1], dy)
     one = layer.forward(x[:1]).copy()
@@ -194,7 +194,7 @@ def test_a_small_inference_batch_runs_im2col_in_a_winograd_layer(monkeypatch):
     np.testing.assert_allclose(layer.backward(dy), dx_ref, **CLOSE)
     np.testing.assert_allclose(layer.grads["kernel"], dw_ref, **CLOSE)
     np.testing.assert_allclose(layer.grads["bias"], db_ref, **CLOSE)
-    np.testing.assert_allclose(layer.forward(x)[:1], one, **CLOSE)  # 5 images: 320 tiles, Winograd
+    np.testing.assert_allclose(layer.forward(x)[:1], one, **CLOSE)  # 5 images: 180 tiles, Winograd
     layer.forward(x[:1], training=True)
     assert ran[1:] == [(Winograd, False), (Winograd, True)]
 
@@ -206,23 +206,23 @@ def test_a_fused_step_runs_the_two_layers_for_a_small_inference_batch(monkeypatc
     import tinycnn
     from tinycnn.explain import grad_cam
     ran = _spy_on_implementations(monkeypatch)
-    inputs = tinycnn.Input((16, 16, 16))
+    inputs = tinycnn.Input((12, 12, 16))
     h = Conv2D(16, 3, padding="same", activation="relu", name="observed")(inputs)
     h = Conv2D(16, 3, padding="same", activation="relu")(h)
     h = MaxPooling2D()(h)
     outputs = tinycnn.layers.Dense(2, activation="softmax")(tinycnn.layers.Flatten()(h))
     model = tinycnn.Model(inputs, outputs)
     assert [step.pool is not None for step in model.plan.steps] == [False, True, False, False]
-    x = np.random.default_rng(6).random((5, 16, 16, 16), dtype=np.float32)
+    x = np.random.default_rng(6).random((5, 12, 12, 16), dtype=np.float32)
     small = model.predict(x[:1])
-    assert ran == [(Im2col, False), (Im2col, False)]  # 64 tiles each
+    assert ran == [(Im2col, False), (Im2col, False)]  # 36 tiles each
     del ran[:]
     np.testing.assert_allclose(model.predict(x)[:1], small, rtol=1e-5, atol=1e-6)
     assert (Winograd, False) in ran and (Im2col, False) not in ran
     small_batch = grad_cam(model, x[0], layer="observed")          # im2col forward and backward
     monkeypatch.setattr(conv, "WINOGRAD_MIN_INFERENCE_TILES", 0)
     winograd = grad_cam(model, x[0], layer="observed")              # Winograd, pooling inside
-    assert small_batch.heatmap.shape == (16, 16) and small_batch.heatmap.max() > 0
+    assert small_batch.heatmap.shape == (12, 12) and small_batch.heatmap.max() > 0
     np.testing.assert_allclose(small_batch.heatmap, winograd.heatmap, rtol=1e-4, atol=1e-5)
 def test_algorithm_refuses_what_cannot_run():
     with pytest.raises(ValueError, match=r"conv.*once the layer is built"):

@@ -48,10 +48,11 @@ WINOGRAD_MIN_CHANNELS = 16
 # training step 11.1 ms against 16.0).
 WINOGRAD_MIN_TILES = 4
 # In inference, a Winograd layer runs im2col for a call with fewer output tiles than this over the
-# whole batch: the kernel transform is then not paid back (batch 1, conv 3x3: 16x16x64 0.28 ms
-# im2col against 0.41 Winograd; 4x4x512 0.94 against 3.65; at 32x32 the two tie). Training calls
-# keep the layer's implementation, which their backward pass needs.
-WINOGRAD_MIN_INFERENCE_TILES = 256
+# whole batch: the kernel transform is then not paid back. One image, 3x3 'same', C -> C filters,
+# im2col / Winograd time: 16x16 (64 tiles) 1.56 at C = 64, 0.98 at 128, 1.08 at 256; 8x8 (16 tiles)
+# 1.31 at 64 but 0.70 at 128 and 0.50 at 256; 4x4 0.41 at 256. Training calls keep the layer's
+# implementation, which their backward pass needs.
+WINOGRAD_MIN_INFERENCE_TILES = 64
 
 
 class Conv2D(ActivatedLayer):
