@@ -410,7 +410,7 @@ def _time_conv_pieces(layer, x, repeats, peak, pooled=False):
     ms = {k: 1e3 * statistics.median(sample[k] for sample in samples) for k in samples[0]}
     products = [k for k in ("fwd GEMM", "dW GEMM", "dX GEMM") if k in ms]
     row = {"layer": layer.name, "algorithm": layer.algorithm, "implementation": type(impl).__name__,
-           "chunk_images": impl.chunk_images(n), "ms": ms, "product_gflop": product_flop / 1e9,
+           "chunk": impl.chunk_label(n), "ms": ms, "product_gflop": product_flop / 1e9,
            "gemm_gflops": {k: product_flop / (ms[k] * 1e6) for k in products}}
     row["gemm_ms"] = sum(ms[k] for k in products)
     row["copies_ms"] = sum(v for k, v in ms.items() if k not in products)
@@ -427,7 +427,7 @@ def print_conv_breakdown(rows, step_ms=None, other_ms=None):
 
         def g(k):
             return f"{ms[k]:.1f} ({pct[k]:.0f}%)" if k in ms else "-"
-        table.append([r["layer"], r["implementation"], f"{r['chunk_images']} img", g("fwd GEMM"), g("dW GEMM"),
+        table.append([r["layer"], r["implementation"], r["chunk"], g("fwd GEMM"), g("dW GEMM"),
                       g("dX GEMM"), f"{r['gemm_ms']:.1f}", f"{r['copies_ms']:.1f}"])
     print(_common.format_table(header, table))
     print("around them, piece by piece:")

@@ -24,7 +24,7 @@ def threads(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=[False, True], ids=["whole batch", "one image per chunk"])
+@pytest.fixture(params=[False, True], ids=["whole batch", "smallest chunks"])
 def small_chunks(request, monkeypatch):
     if request.param:
         monkeypatch.setattr(conv, "COLUMN_CHUNK_BYTES", 1)

@@ -36,8 +36,16 @@ COLUMN_CHUNK_BYTES = 8 * 2**20
 # In training, an im2col layer keeps the whole batch's columns for its backward pass when they take
 # at most this much (the first layer of an RGB network: 27 columns), instead of rebuilding them.
 KEEP_COLUMNS_BYTES = 32 * 2**20
-# The same for the Winograd path: transformed inputs and products of one chunk (V and M together).
-WINOGRAD_CHUNK_BYTES = 4 * 2**20
+# The same for the Winograd path: transformed inputs and products of one chunk (V and M together),
+# sized to stay in a core's L2 cache between the transforms and the 16 products. A chunk is a run of
+# tile rows: whole images when they are small, part of one image when one image is larger (64x64,
+# 32 -> 64 channels: 6 MiB of V and M per image). One image, one thread, V and M budget -> ms:
+# 64x64 32->64 4 MiB 1.43, 1 MiB 0.84; 32x32 64->128 0.81 -> 0.62.
+WINOGRAD_CHUNK_BYTES = 2**20
+# ... but a chunk has at least this many times C*F/(C+F) tiles: each chunk reads all of U (16 x C x F),
+# which then costs at most half of its V and M traffic (16x16, 128 -> 256: 1 MiB chunks were 15%
+# slower than whole images; 8x8, 256 -> 256: 47%).
+WINOGRAD_MIN_CHUNK_WORK = 2
 # 3x3 stride-1 convolutions with at least this many input channels use Winograd F(2x2, 3x3). With
 # fewer channels its 16 matrix products are too thin for BLAS to run well (the first layer of an
 # RGB network, C = 3, stays on im2col).
@@ -301,6 +309,10 @@ class _Implementation:
     def __repr__(self):
         return f"{type(self).__name__}({self.layer.name})"
 
+    def chunk_label(self, n):
+        """How a batch of ``n`` is cut into chunks, for profiles (``bench/bench_layers.py``)."""
+        return f"{self.chunk_images(n)} img"
+
 
 class Im2col(_Implementation):
     """Convolution as one matrix product per chunk of images.
@@ -460,8 +472,11 @@ class Winograd(_Implementation):
     of the batch, summed in one fixed order, so the split over threads does not change it).
     :meth:`forward_pooled` max-pools each 2x2 output tile on the fly instead of storing it.
 
-    Chunks hold about ``WINOGRAD_CHUNK_BYTES`` of V and M. The batch is split over threads as in
-    :class:`Im2col`, the slices' dU summed in slot order. ``kernels``: as :class:`Im2col`.
+    Chunks hold about ``WINOGRAD_CHUNK_BYTES`` of V and M (see :meth:`chunk_tile_rows`): whole
+    images, or a run of tile rows of one image, which reads the input rows its tiles cover (a
+    view). The tiles of neighbouring chunks overlap by two input rows, whose gradient both chunks
+    add to. The batch is split over threads as in :class:`Im2col`, the slices' dU summed in slot
+    order. ``kernels``: as :class:`Im2col`.
     """
 
     algorithm = "winograd"
@@ -478,12 +493,45 @@ class Winograd(_Implementation):
         super().__init__(layer)
         self._y = self._pooled = None  # the output (for a ReLU epilogue's mask), the pooled output
 
+    def chunk_tile_rows(self):
+        """Tile rows per chunk: V and M in about ``WINOGRAD_CHUNK_BYTES``, and at least
+        ``WINOGRAD_MIN_CHUNK_WORK * C * F / (C + F)`` tiles (a row of tiles is TW tiles, 16 planes
+        of C + F values each). More than an image's TH rows means whole images per chunk."""
+        c, (oh, ow, f) = self.layer.input_shape[2], self.layer.output_shape
+        _, tw = WG.tile_grid(oh, ow)
+        by_bytes = WINOGRAD_CHUNK_BYTES // (16 * tw * (c + f) * self.layer.dtype.itemsize)
+        by_work = -(-WINOGRAD_MIN_CHUNK_WORK * c * f // ((c + f) * tw))
+        return int(max(1, by_bytes, by_work))
+
     def chunk_images(self, n):
-        """Images per chunk for a batch of ``n``: their V and M take about ``WINOGRAD_CHUNK_BYTES``."""
-        oh, ow, f = self.layer.output_shape
-        th, tw = WG.tile_grid(oh, ow)
-        per_image = 16 * th * tw * (self.layer.input_shape[2] + f) * self.layer.dtype.itemsize
-        return int(max(1, min(n, WINOGRAD_CHUNK_BYTES // per_image)))
+        """Whole images per chunk for a batch of ``n`` (1 when an image is cut into several chunks)."""
+        th, _ = WG.tile_grid(*self.layer.output_shape[:2])
+        return int(max(1, min(n, self.chunk_tile_rows() // th)))
+
+    def chunk_label(self, n):
+        th, _ = WG.tile_grid(*self.layer.output_shape[:2])
+        rows = self.chunk_tile_rows()
+        return f"{rows}/{th} tile rows" if rows < th else super().chunk_label(n)
+
+    def _chunk_plan(self, lo, hi):
+        """``(n0, n1, a, b)`` for the chunks covering images ``[lo, hi)``: images ``n0..n1-1``,
+        their tile rows ``a..b-1`` (``a, b = 0, TH`` for whole images, else ``n1 = n0 + 1``)."""
+        th, _ = WG.tile_grid(*self.layer.output_shape[:2])
+        rows = self.chunk_tile_rows()
+        if rows >= th:
+            for n0, n1 in _chunks(lo, hi, self.chunk_images(hi - lo)):
+                yield n0, n1, 0, th
+            return
+        for n0 in range(lo, hi):
+            for a in range(0, th, rows):
+                yield n0, n0 + 1, a, min(th, a + rows)
+
+    def _input_rows(self, a, b):
+        """The input rows ``[i0, i1)`` that tile rows ``a..b-1`` read, and the zero padding above
+        ``i0`` (tile row ``ti`` starts at input row ``2 * ti - ph``)."""
+        ph, h = self.layer._pad_h, self.layer.input_shape[0]
+        i0 = max(0, 2 * a - ph)
+        return i0, min(h, 2 * b - ph + 2), i0 - 2 * a + ph
 
     def _transformed_kernel(self, transform=True):
         """U (16, C, F). The forward pass computes it; backward reuses it, as the weights have not
@@ -493,14 +541,15 @@ class Winograd(_Implementation):
             self.kernels.kernel_transform(self.layer.params["kernel"], u)
         return u
 
-    def _scratch(self, slot, step, th, tw):
-        """V and M of one chunk, for the thread in ``slot`` (reused between steps).
+    def _scratch(self, slot, n):
+        """V and M of one chunk (batch of ``n``), for the thread in ``slot`` (reused between steps).
 
         Each of the 16 planes gets one spare row, so that consecutive planes do not start at
         addresses a multiple of 4 KiB apart: the transforms touch all 16 planes at once, and equal
         low address bits would make those 16 streams evict each other from the same cache sets.
         """
-        rows = step * th * tw + 1
+        th, tw = WG.tile_grid(*self.layer.output_shape[:2])
+        rows = min(self.chunk_tile_rows(), th) * self.chunk_images(n) * tw + 1
         return (self.layer._buffer(f"wino_v{slot}", (16, rows, self.layer.input_shape[2])),
                 self.layer._buffer(f"wino_m{slot}", (16, rows, self.layer.filters)))
 
@@ -519,11 +568,9 @@ class Winograd(_Implementation):
     def _run_forward(self, x, epilogue, y=None, pool=None):
         layer = self.layer
         n = x.shape[0]
-        oh, ow, _ = layer.output_shape
-        th, tw = WG.tile_grid(oh, ow)
-        step = self.chunk_images(n)
+        _, tw = WG.tile_grid(*layer.output_shape[:2])
         u = self._transformed_kernel()
-        ph, pw = layer._pad_h, layer._pad_w
+        pw = layer._pad_w
         relu = epilogue is not None and epilogue.relu
         if epilogue is not None and epilogue.bias is not None:
             bias = epilogue.bias
@@ -533,15 +580,16 @@ class Winograd(_Implementation):
 
         def work(lo, hi, slot, serial):
             k = self.kernels
-            v, m = self._scratch(slot, step, th, tw)
-            for n0, n1 in _chunks(lo, hi, step):
-                rows = (n1 - n0) * th * tw
-                k.input_transform(x[n0:n1], ph, pw, th, tw, v)
+            v, m = self._scratch(slot, n)
+            for n0, n1, a, b in self._chunk_plan(lo, hi):
+                rows = (n1 - n0) * (b - a) * tw
+                i0, i1, ph = self._input_rows(a, b)
+                k.input_transform(x[n0:n1, i0:i1], ph, pw, b - a, tw, v)
                 k.forward_product(v[:, :rows], u, out=m[:, :rows])
                 if pool is None:
-                    k.output_transform(m, th, tw, bias, relu, y[n0:n1])
+                    k.output_transform(m, b - a, tw, bias, relu, y[n0:n1, 2 * a:2 * b])
                 else:
-                    k.output_transform_pool(m, th, tw, bias, relu, pool[0][n0:n1], pool[1][n0:n1])
+                    k.output_transform_pool(m, b - a, tw, bias, relu, pool[0][n0:n1, a:b], pool[1][n0:n1, a:b])
 
         split_batch(n, work)
         self._x = x
@@ -567,34 +615,41 @@ class Winograd(_Implementation):
         n = x.shape[0]
         oh, ow, f = layer.output_shape
         th, tw = WG.tile_grid(oh, ow)
-        step = self.chunk_images(n)
         u = self._transformed_kernel(transform=False)
-        ph, pw = layer._pad_h, layer._pad_w
+        pw = layer._pad_w
         relu = epilogue is not None and epilogue.relu
         dx = layer._buffer("dx", x.shape) if layer.input_grad_needed else None
         db_rows = layer._buffer("wino_db_rows", (n * th, f), np.float64)
 
         def work(lo, hi, slot, serial):
             k = self.kernels
-            v, m = self._scratch(slot, step, th, tw)
+            v, m = self._scratch(slot, n)
             du = layer._buffer(f"wino_du{slot}", u.shape)
             part = layer._buffer(f"wino_du_part{slot}", u.shape)
-            for n0, n1 in _chunks(lo, hi, step):
-                rows = (n1 - n0) * th * tw
+            first = True
+            for n0, n1, a, b in self._chunk_plan(lo, hi):
+                rows, tile_rows = (n1 - n0) * (b - a) * tw, slice(n0 * th + a, (n1 - 1) * th + b)
+                out_rows = slice(2 * a, 2 * b)
                 if pool is None:
-                    k.output_adjoint(dy[n0:n1], y[n0:n1], relu, th, tw, m, db_rows[n0 * th:n1 * th])
+                    k.output_adjoint(dy[n0:n1, out_rows], y[n0:n1, out_rows], relu, b - a, tw, m, db_rows[tile_rows])
                 else:
                     dp, p, argmax = pool
-                    k.output_pool_adjoint(dp[n0:n1], p[n0:n1], argmax[n0:n1], relu, th, tw, m,
-                                          db_rows[n0 * th:n1 * th])
-                k.input_transform(x[n0:n1], ph, pw, th, tw, v)
-                k.weight_product(v[:, :rows].transpose(0, 2, 1), m[:, :rows], out=du if n0 == lo else part)
-                if n0 > lo:
+                    k.output_pool_adjoint(dp[n0:n1, a:b], p[n0:n1, a:b], argmax[n0:n1, a:b], relu, b - a, tw, m,
+                                          db_rows[tile_rows])
+                i0, i1, ph = self._input_rows(a, b)
+                k.input_transform(x[n0:n1, i0:i1], ph, pw, b - a, tw, v)
+                k.weight_product(v[:, :rows].transpose(0, 2, 1), m[:, :rows], out=du if first else part)
+                if not first:
                     du += part
+                first = False
                 if dx is not None:
                     # V is no longer needed: its memory takes dV
                     k.input_product(m[:, :rows], u.transpose(0, 2, 1), out=v[:, :rows])
-                    k.input_adjoint(v, ph, pw, th, tw, dx[n0:n1])
+                    # the adjoint overwrites its rows; the top two were the previous chunk's bottom two
+                    shared = dx[n0:n1, i0:min(i0 + 2, i1)].copy() if a > 0 else None
+                    k.input_adjoint(v, ph, pw, b - a, tw, dx[n0:n1, i0:i1])
+                    if shared is not None:
+                        dx[n0:n1, i0:i0 + shared.shape[1]] += shared
             return du  # this slice's dU
 
         du = split_batch_sum(n, work)
