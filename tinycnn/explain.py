@@ -16,6 +16,7 @@ passes in inference mode, so it explains exactly the network that ``predict`` ru
     save_grad_cam_grid(images, heatmaps, "grid.png", class_names=names, titles=files)  # several at once
 """
 import os
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -115,7 +116,22 @@ def grad_cam(model, image, class_index=None, layer=None):
     xs = [np.ascontiguousarray(a, dtype=model.dtype) for a in xs]
     target = _target_node(model, layer)
     with compute_lock():  # one batch through the layers at a time (see tinycnn/_threads.py)
-        return _grad_cam(model, xs, class_index, target)
+        with _exact_layers(model):
+            return _grad_cam(model, xs, class_index, target)
+
+
+@contextmanager
+def _exact_layers(model):
+    """The model's layers with ``fast_inference`` off meanwhile: Grad-CAM differentiates its forward
+    pass, and F(4x4) Winograd (``Model.fast_inference``) has no backward."""
+    fast = [layer for layer in model.layers if getattr(layer, "fast_inference", False)]
+    for layer in fast:
+        layer.fast_inference = False
+    try:
+        yield
+    finally:
+        for layer in fast:
+            layer.fast_inference = True
 
 
 def _grad_cam(model, xs, class_index, target):

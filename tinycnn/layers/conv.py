@@ -28,6 +28,7 @@ import numpy as np
 from .._threads import split_batch, split_batch_sum
 from ..kernels import conv as K
 from ..kernels import winograd as WG
+from ..kernels import winograd4 as WG4
 from .base import ActivatedLayer, check_int_tuple, check_padding
 
 # The column matrix of one chunk of the batch is kept near this size, so that it stays in cache
@@ -61,6 +62,10 @@ WINOGRAD_MIN_TILES = 4
 # 1.31 at 64 but 0.70 at 128 and 0.50 at 256; 4x4 0.41 at 256. Training calls keep the layer's
 # implementation, which their backward pass needs.
 WINOGRAD_MIN_INFERENCE_TILES = 64
+# With the model's ``fast_inference`` on, a Winograd layer runs F(4x4) (:class:`Winograd4x4`) for an
+# inference call with at least this many 4x4 output tiles over the batch (its kernel transform makes
+# 36 planes, 2.25x F(2x2)'s 16, so it needs more work to pay back).
+WINOGRAD4_MIN_INFERENCE_TILES = 64
 
 
 class Conv2D(ActivatedLayer):
@@ -114,6 +119,7 @@ class Conv2D(ActivatedLayer):
         self._init_activation(activation, use_bias, kernel_initializer, bias_initializer)
         self.implementation = None  # Im2col, Pointwise or Winograd: chosen by build
         self._epilogue = None
+        self.fast_inference = False  # set through the model's fast_inference (see Winograd4x4)
 
     def compute_output_shape(self, input_shape):
         self._expect_rank(input_shape, 3, "(batch, height, width, channels)")
@@ -166,7 +172,7 @@ class Conv2D(ActivatedLayer):
                              f"'winograd' for a 3x3 kernel with strides 1, received {algorithm!r} for "
                              f"kernel_size {self.kernel_size} and strides {self.strides}")
         self._epilogue = None
-        self._small_batch_im2col = None  # see _inference_implementation
+        self._small_batch_im2col = self._fast = None  # see _inference_implementation
         self._ran = self.implementation
 
     def twin(self):
@@ -183,6 +189,12 @@ class Conv2D(ActivatedLayer):
         agree up to float32 rounding (~1e-6 relative)."""
         if self.implementation.algorithm != "winograd":
             return self.implementation
+        if self.fast_inference:
+            th4, tw4 = WG4.tile_grid(*self.output_shape[:2])
+            if n * th4 * tw4 >= WINOGRAD4_MIN_INFERENCE_TILES:
+                if self._fast is None:
+                    self._fast = Winograd4x4(self)
+                return self._fast
         th, tw = WG.tile_grid(*self.output_shape[:2])
         if n * th * tw >= WINOGRAD_MIN_INFERENCE_TILES:
             return self.implementation
@@ -246,22 +258,25 @@ class Conv2D(ActivatedLayer):
         """Whether a call on ``n`` images computes a fused 2x2 max pooling inside the Winograd output
         transform: always in training; in inference unless the batch is small enough for im2col
         (:meth:`_inference_implementation`), which has no pooling inside."""
-        return training or self._inference_implementation(n) is self.implementation
+        return training or self._inference_implementation(n).pools
 
     def forward_pooled(self, x, training=False):
         """``MaxPooling2D((2, 2))(self.forward(x))`` in one pass: the full-size output is never stored.
         Equal, bit for bit, to the two layers run one after the other (tested)."""
         oh, ow, f = self.output_shape
         p = self._buffer("pooled", (x.shape[0], oh // 2, ow // 2, f))
-        argmax = self._buffer("pooled_argmax", p.shape, np.int32)
-        self._epilogue = self._implementation_epilogue()
-        self.implementation.forward_pooled(x, p, argmax, self._epilogue)
+        implementation = self.implementation if training else self._inference_implementation(x.shape[0])
+        # the winners' positions, for backward: F(4x4) inference keeps none
+        argmax = self._buffer("pooled_argmax", p.shape, np.int32) if implementation is self.implementation else None
+        self._epilogue = self._implementation_epilogue(implementation)
+        implementation.forward_pooled(x, p, argmax, self._epilogue)
+        self._ran = implementation
         self.logits = None
         return p
 
     def backward_pooled(self, grad_out):
         """Backward through :meth:`forward_pooled`, from the gradient of the pooled output."""
-        return self.implementation.backward_pooled(np.ascontiguousarray(grad_out), self._epilogue)
+        return self._ran.backward_pooled(np.ascontiguousarray(grad_out), self._epilogue)
 
     def get_config(self):
         config = super().get_config()
@@ -482,6 +497,10 @@ class Winograd(_Implementation):
     algorithm = "winograd"
     applies_epilogue = True  # bias and ReLU in the output transform
     pools = True             # 2x2 max pooling in the output transform
+    tile = 2                 # outputs per tile side: F(2x2, 3x3)
+    planes = 16              # (tile + 2)^2 transformed values per tile, one product each
+    grid = staticmethod(WG.tile_grid)
+    prefix = "wino"          # of its buffers' names
     kernels = _kernel_table(
         input_transform=WG.input_transform, output_transform=WG.output_transform,
         output_transform_pool=WG.output_transform_pool, output_adjoint=WG.output_transform_backward,
@@ -498,25 +517,25 @@ class Winograd(_Implementation):
         ``WINOGRAD_MIN_CHUNK_WORK * C * F / (C + F)`` tiles (a row of tiles is TW tiles, 16 planes
         of C + F values each). More than an image's TH rows means whole images per chunk."""
         c, (oh, ow, f) = self.layer.input_shape[2], self.layer.output_shape
-        _, tw = WG.tile_grid(oh, ow)
-        by_bytes = WINOGRAD_CHUNK_BYTES // (16 * tw * (c + f) * self.layer.dtype.itemsize)
+        _, tw = self.grid(oh, ow)
+        by_bytes = WINOGRAD_CHUNK_BYTES // (self.planes * tw * (c + f) * self.layer.dtype.itemsize)
         by_work = -(-WINOGRAD_MIN_CHUNK_WORK * c * f // ((c + f) * tw))
         return int(max(1, by_bytes, by_work))
 
     def chunk_images(self, n):
         """Whole images per chunk for a batch of ``n`` (1 when an image is cut into several chunks)."""
-        th, _ = WG.tile_grid(*self.layer.output_shape[:2])
+        th, _ = self.grid(*self.layer.output_shape[:2])
         return int(max(1, min(n, self.chunk_tile_rows() // th)))
 
     def chunk_label(self, n):
-        th, _ = WG.tile_grid(*self.layer.output_shape[:2])
+        th, _ = self.grid(*self.layer.output_shape[:2])
         rows = self.chunk_tile_rows()
         return f"{rows}/{th} tile rows" if rows < th else super().chunk_label(n)
 
     def _chunk_plan(self, lo, hi):
         """``(n0, n1, a, b)`` for the chunks covering images ``[lo, hi)``: images ``n0..n1-1``,
         their tile rows ``a..b-1`` (``a, b = 0, TH`` for whole images, else ``n1 = n0 + 1``)."""
-        th, _ = WG.tile_grid(*self.layer.output_shape[:2])
+        th, _ = self.grid(*self.layer.output_shape[:2])
         rows = self.chunk_tile_rows()
         if rows >= th:
             for n0, n1 in _chunks(lo, hi, self.chunk_images(hi - lo)):
@@ -528,15 +547,15 @@ class Winograd(_Implementation):
 
     def _input_rows(self, a, b):
         """The input rows ``[i0, i1)`` that tile rows ``a..b-1`` read, and the zero padding above
-        ``i0`` (tile row ``ti`` starts at input row ``2 * ti - ph``)."""
-        ph, h = self.layer._pad_h, self.layer.input_shape[0]
-        i0 = max(0, 2 * a - ph)
-        return i0, min(h, 2 * b - ph + 2), i0 - 2 * a + ph
+        ``i0`` (tile row ``ti`` starts at input row ``tile * ti - ph`` and is ``tile + 2`` high)."""
+        ph, h, t = self.layer._pad_h, self.layer.input_shape[0], self.tile
+        i0 = max(0, t * a - ph)
+        return i0, min(h, t * b - ph + 2), i0 - t * a + ph
 
     def _transformed_kernel(self, transform=True):
         """U (16, C, F). The forward pass computes it; backward reuses it, as the weights have not
         changed since."""
-        u = self.layer._buffer("wino_u", (16, self.layer.input_shape[2], self.layer.filters))
+        u = self.layer._buffer(f"{self.prefix}_u", (self.planes, self.layer.input_shape[2], self.layer.filters))
         if transform:
             self.kernels.kernel_transform(self.layer.params["kernel"], u)
         return u
@@ -548,10 +567,10 @@ class Winograd(_Implementation):
         addresses a multiple of 4 KiB apart: the transforms touch all 16 planes at once, and equal
         low address bits would make those 16 streams evict each other from the same cache sets.
         """
-        th, tw = WG.tile_grid(*self.layer.output_shape[:2])
+        th, tw = self.grid(*self.layer.output_shape[:2])
         rows = min(self.chunk_tile_rows(), th) * self.chunk_images(n) * tw + 1
-        return (self.layer._buffer(f"wino_v{slot}", (16, rows, self.layer.input_shape[2])),
-                self.layer._buffer(f"wino_m{slot}", (16, rows, self.layer.filters)))
+        return (self.layer._buffer(f"{self.prefix}_v{slot}", (self.planes, rows, self.layer.input_shape[2])),
+                self.layer._buffer(f"{self.prefix}_m{slot}", (self.planes, rows, self.layer.filters)))
 
     def forward(self, x, y, training=False, epilogue=None):
         """``y = conv(x)``, or with ``epilogue`` ``max(conv(x) + bias, 0)`` / ``conv(x) + bias``:
@@ -568,7 +587,8 @@ class Winograd(_Implementation):
     def _run_forward(self, x, epilogue, y=None, pool=None):
         layer = self.layer
         n = x.shape[0]
-        _, tw = WG.tile_grid(*layer.output_shape[:2])
+        _, tw = self.grid(*layer.output_shape[:2])
+        t = self.tile
         u = self._transformed_kernel()
         pw = layer._pad_w
         relu = epilogue is not None and epilogue.relu
@@ -587,12 +607,19 @@ class Winograd(_Implementation):
                 k.input_transform(x[n0:n1, i0:i1], ph, pw, b - a, tw, v)
                 k.forward_product(v[:, :rows], u, out=m[:, :rows])
                 if pool is None:
-                    k.output_transform(m, b - a, tw, bias, relu, y[n0:n1, 2 * a:2 * b])
+                    k.output_transform(m, b - a, tw, bias, relu, y[n0:n1, t * a:t * b])
                 else:
-                    k.output_transform_pool(m, b - a, tw, bias, relu, pool[0][n0:n1, a:b], pool[1][n0:n1, a:b])
+                    self._pooled_output(k, m, b - a, tw, bias, relu, pool, n0, n1, a, b)
 
         split_batch(n, work)
         self._x = x
+
+    @staticmethod
+    def _pooled_output(k, m, th, tw, bias, relu, pool, n0, n1, a, b):
+        """Output transform and 2x2 max pooling of one chunk (tile rows ``a..b-1``) into the pooled
+        output and the winners' positions, ``pool = (p, argmax)``."""
+        p, argmax = pool
+        k.output_transform_pool(m, th, tw, bias, relu, p[n0:n1, a:b], argmax[n0:n1, a:b])
 
     def backward(self, dz2d, epilogue=None):
         """From ``dz2d`` (N * OH * OW, F), the gradient of :meth:`forward`'s output (with the
@@ -662,3 +689,36 @@ class Winograd(_Implementation):
             # one row per tile row of the batch, summed in one fixed order: independent of the split
             layer.grads["bias"][...] = db_rows.sum(axis=0)
         return dx
+
+
+class Winograd4x4(Winograd):
+    """Winograd's F(4x4, 3x3) (``kernels/winograd4.py``), for inference only: 36 products per 4x4
+    outputs where F(2x2) makes 64 (16 per 2x2), and transforms that move 44% less data.
+
+    Its float32 outputs carry an error of about 1e-6 to 1e-5 of the output scale (F(2x2) and
+    im2col: about 1e-7): a layer runs it only when its model's ``fast_inference`` is on, in an
+    inference call (:meth:`Conv2D._inference_implementation`). Chunks, threads and the fused
+    epilogue and pooling are those of :class:`Winograd`; the pooling keeps no winners, as no
+    backward pass follows. ``backward`` refuses: training, gradient checks and Grad-CAM run the
+    layer's exact implementation.
+    """
+
+    tile = 4
+    planes = 36
+    grid = staticmethod(WG4.tile_grid)
+    prefix = "wino4"
+    kernels = _kernel_table(
+        input_transform=WG4.input_transform, output_transform=WG4.output_transform,
+        output_transform_pool=WG4.output_transform_pool, kernel_transform=WG4.kernel_transform,
+        forward_product=np.matmul)
+
+    @staticmethod
+    def _pooled_output(k, m, th, tw, bias, relu, pool, n0, n1, a, b):
+        k.output_transform_pool(m, th, tw, bias, relu, pool[0][n0:n1, 2 * a:2 * b])
+
+    def backward(self, dz2d, epilogue=None):
+        raise RuntimeError(f"{self.layer.describe()}: its last forward pass ran F(4x4) Winograd for fast inference, "
+                           f"which has no backward pass; run the forward pass again with the model's "
+                           f"fast_inference off (Grad-CAM does this itself)")
+
+    backward_pooled = backward
