@@ -19,6 +19,9 @@ random float32 images of 64x64x3 (``--image-size``) in batches of 32 (``--batch-
 * **tinycnn**: NHWC; a training step is ``model.train_on_batch(x, y)``, inference is
   ``model.predict(x, batch_size=len(x))`` (one forward pass over the whole batch, input checks
   included, as a user calls it).
+* **tinycnn[fast_inference]** (inference only): a second copy of the model, same weights, with
+  ``model.fast_inference = True``: Winograd F(4x4, 3x3) in its 3x3 layers, whose float32 outputs
+  differ from the exact ones by about 1e-6 of their scale (``tinycnn/kernels/winograd4.py``).
 * **torch[channels_last]** and **torch[nchw]**: the same stack in ``torch.nn`` (Conv2d padding 1,
   BatchNorm2d(eps=1e-3, momentum=0.01) which is Keras's momentum 0.99, MaxPool2d, Dropout, Linear
   on logits with ``cross_entropy``, which folds the softmax in as tinycnn does), ``torch.optim.Adam``
@@ -57,7 +60,7 @@ Reading the output
    once with an empty cache (every kernel the step needs compiled: what a new user waits for).
 4. One table per task.
 5. Last, the ratios tinycnn / peer of the median images/s: above 1 tinycnn is faster, 0.5 means
-   tinycnn runs at half the peer's speed.
+   tinycnn runs at half the peer's speed; the inference rows again for tinycnn[fast_inference].
 
 A peer that is not installed is skipped and listed with how to install it. PyTorch:
 ``pip install torch==2.13.0`` (exactly this pin: a CPU build; a bare ``pip install torch`` pulls a
@@ -119,16 +122,24 @@ def make_tasks(batch_size, inference_batch_sizes):
     return tasks
 
 
+FAST = "tinycnn[fast_inference]"
+
+
 def tinycnn_system(args, data, tasks):
+    """tinycnn, and tinycnn[fast_inference]: a second model built with the same seed (the same
+    weights) whose inference runs F(4x4) Winograd; it has inference tasks only."""
     model = _common.build_tinycnn_model(args.image_size, model=args.model)
-    steps = {}
+    fast = _common.build_tinycnn_model(args.image_size, model=args.model)
+    fast.fast_inference = True
+    steps, fast_steps = {}, {}
     for key, _, kind, batch in tasks:
         x, y, _ = data[batch]
         if kind == "train":
             steps[key] = lambda x=x, y=y: model.train_on_batch(x, y)
         else:
             steps[key] = lambda x=x, b=batch: model.predict(x, batch_size=b)
-    return System("tinycnn", steps), model
+            fast_steps[key] = lambda x=x, b=batch: fast.predict(x, batch_size=b)
+    return System("tinycnn", steps), System(FAST, fast_steps), model
 
 
 def build_torch_resnet18(torch, size):
@@ -343,7 +354,7 @@ def run_task(systems, task, args, failed):
         try:
             time_steps(system.steps[key], max(1, args.warmup))
         except Exception as error:  # noqa: BLE001
-            if system.name == "tinycnn":
+            if system.name.startswith("tinycnn"):
                 raise
             failed[f"{system.name} ({label})"] = f"{type(error).__name__}: {error}"
             progress(f"  {label}: {system.name} failed and is skipped: {error}")
@@ -416,19 +427,19 @@ def print_task_table(label, rates, flops_per_image, gemm_best):
     print(_common.format_table(["system", "min", "median", "max", "ms/img", "GFLOP/s", "of GEMM"], rows))
 
 
-def ratios(results):
-    """``{task: {peer: tinycnn median / peer median}}``."""
+def ratios(results, ours="tinycnn"):
+    """``{task: {peer: ours' median / peer median}}``; the peers are the systems not named tinycnn."""
     out = {}
     for task, rates in results.items():
-        if "tinycnn" not in rates:
+        if ours not in rates:
             continue
-        ours = _common.summarize(rates["tinycnn"])["median"]
-        out[task] = {name: ours / _common.summarize(values)["median"]
-                     for name, values in rates.items() if name != "tinycnn"}
+        median = _common.summarize(rates[ours])["median"]
+        out[task] = {name: median / _common.summarize(values)["median"]
+                     for name, values in rates.items() if not name.startswith("tinycnn")}
     return out
 
 
-def print_ratios(table, tasks):
+def print_ratios(table, fast_table, tasks):
     peers = sorted({peer for row in table.values() for peer in row})
     print("\nRatio tinycnn / peer, median images/s  (>1: tinycnn faster; 0.50x: tinycnn at half the peer's speed)")
     if not peers:
@@ -438,6 +449,10 @@ def print_ratios(table, tasks):
     for key, label, _, _ in tasks:
         if key in table:
             rows.append([label] + [f"{table[key][p]:.2f}x" if p in table[key] else "-" for p in peers])
+    for key, label, _, _ in tasks:
+        if key in fast_table:
+            rows.append([f"{label}, fast_inference"]
+                        + [f"{fast_table[key][p]:.2f}x" if p in fast_table[key] else "-" for p in peers])
     print(_common.format_table(["task"] + peers, rows))
 
 
@@ -498,8 +513,8 @@ def main(argv=None):
             for batch in {t[3] for t in tasks}}
 
     progress("building the models ...")
-    ours, model = tinycnn_system(args, data, tasks)
-    systems = [ours]
+    ours, fast, model = tinycnn_system(args, data, tasks)
+    systems = [ours, fast]
     failed = dict(import_failed)
     builders = {"torch": lambda m: torch_systems(m, args, data, tasks),
                 "keras": lambda m: [keras_system(m, args, data, tasks)],
@@ -571,7 +586,7 @@ def main(argv=None):
     for note in notes:
         print(f"Note: {note}")
 
-    table = ratios(results)
+    table, fast_table = ratios(results), ratios(results, FAST)
     if args.json:
         payload = {
             "benchmark": "bench_train",
@@ -594,11 +609,12 @@ def main(argv=None):
                             "images_per_s": {name: _common.summarize(v) for name, v in results[key].items()}}
                       for key, label, kind, batch in tasks},
             "ratios_tinycnn_over_peer": table,
+            "ratios_fast_inference_over_peer": fast_table,
         }
         _common.write_json(args.json, payload)
         print(f"\nJSON written to {args.json}")
 
-    print_ratios(table, tasks)
+    print_ratios(table, fast_table, tasks)
 
 
 if __name__ == "__main__":
