@@ -15,6 +15,8 @@ its speed), run in inference at every batch size of ``--batch-sizes`` and every 
 ``--threads-list``:
 
 * **tinycnn**: ``model.predict(x, batch_size=len(x))`` on NHWC float32 arrays.
+* **tinycnn[fast_inference]**: the same on a second copy of the model (same seed, same weights) with
+  ``model.fast_inference = True`` (Winograd F(4x4) in its 3x3 layers).
 * **onnxruntime**: the exported model, one session per thread count, as ``bench_train.py`` makes it
   (``onnxruntime_session``: NCHW, full graph optimisation), fed NCHW arrays prepared before timing.
 * **torch[channels_last]**: the twin in ``eval()`` under ``inference_mode``, ``torch.set_num_threads``.
@@ -26,7 +28,7 @@ median images/s over the repeats, with the min-max range beside it. Thread count
 process (Numba's, the BLAS's through threadpoolctl, each peer's own); Numba's pool is created with
 ``NUMBA_NUM_THREADS`` (the core count by default), so counts above it are refused.
 
-The output: one table per thread count (images/s, and the ratio tinycnn / peer) and, with
+The output: one table per thread count (images/s, and the ratios of both tinycnn rows to each peer) and, with
 ``--plot``, a PNG of images/s against batch size, one panel per thread count.
 """
 import argparse
@@ -75,7 +77,8 @@ def systems_for(args, model, modules, threads):
     """``{name: callable(batch) -> step}`` for one thread count (sessions and pools set here)."""
     import numpy as np
     import numba
-    systems = {"tinycnn": lambda x: (lambda: model.predict(x, batch_size=len(x)))}
+    systems = {"tinycnn": lambda x: (lambda: model.predict(x, batch_size=len(x))),
+               bench_train.FAST: lambda x: (lambda: args.fast_model.predict(x, batch_size=len(x)))}
     numba.set_num_threads(threads)
     if "onnxruntime" in modules:
         session = bench_train.onnxruntime_session(modules["onnxruntime"], model, threads)
@@ -113,6 +116,8 @@ def main(argv=None):
     from threadpoolctl import threadpool_limits
 
     model = _common.build_tinycnn_model(args.image_size, model=args.model)
+    args.fast_model = _common.build_tinycnn_model(args.image_size, model=args.model)
+    args.fast_model.fast_inference = True
     if "torch" in modules:
         torch = modules["torch"]
         torch.manual_seed(0)
@@ -152,14 +157,16 @@ def main(argv=None):
           f"round-robin, about {args.images} images per turn; medians (min-max) in images/s")
     for threads, by_batch in results.items():
         names = list(next(iter(by_batch.values())))
+        pairs = [(ours, peer) for ours in ("tinycnn", bench_train.FAST) for peer in names
+                 if not peer.startswith("tinycnn")]
         rows = []
         for batch, rates in by_batch.items():
             med = {n: _common.summarize(r) for n, r in rates.items()}
             row = [str(batch)] + [f"{med[n]['median']:.0f} ({med[n]['min']:.0f}-{med[n]['max']:.0f})" for n in names]
-            row += [f"{med['tinycnn']['median'] / med[n]['median']:.2f}x" for n in names if n != "tinycnn"]
+            row += [f"{med[ours]['median'] / med[peer]['median']:.2f}x" for ours, peer in pairs]
             rows.append(row)
         print(f"\n{threads} thread{'s' if threads > 1 else ''}")
-        print(_common.format_table(["batch"] + names + [f"tinycnn/{n}" for n in names if n != "tinycnn"], rows))
+        print(_common.format_table(["batch"] + names + [f"{ours}/{peer}" for ours, peer in pairs], rows))
     for name in missing:
         print(f"\nPeer not installed (skipped): {name}: {bench_train.INSTALL_HINTS[name]}")
     for name, error in failed.items():
