@@ -132,11 +132,11 @@ def input_transform(x, ph, pw, th, tw, v):
     for t in range(n_img * th):
         n = t // th
         h0 = 4 * (t % th) - ph
+        image = x[n]
         for tj in range(tw):
             w0 = 4 * tj - pw
-            if h0 >= 0 and h0 + 6 <= h and w0 >= 0 and w0 + 6 <= w:
-                _input_tile(x[n], h0, w0, v, t * tw + tj, tmp)
-            else:
+            src, hs, ws = image, h0, w0
+            if not (h0 >= 0 and h0 + 6 <= h and w0 >= 0 and w0 + 6 <= w):
                 for p in range(6):
                     for q in range(6):
                         hi = h0 + p
@@ -144,7 +144,8 @@ def input_transform(x, ph, pw, th, tw, v):
                         inside = hi >= 0 and hi < h and wi >= 0 and wi < w
                         for ch in range(c):
                             patch[p, q, ch] = x[n, hi, wi, ch] if inside else 0
-                _input_tile(patch, 0, 0, v, t * tw + tj, tmp)
+                src, hs, ws = patch, 0, 0
+            _input_tile(src, hs, ws, v, t * tw + tj, tmp)  # one call site: the tile's code is compiled once
 
 
 @njit(inline="always")
