@@ -87,7 +87,7 @@ def test_output_transform_pool_is_output_transform_then_max_pool():
     argmax = np.empty(pooled.shape, dtype=np.int32)
     P.maxpool_forward(y, 2, 2, 2, 2, 0, 0, pooled, argmax)
     p = np.empty_like(pooled)
-    win = np.empty_like(argmax)
+    win = np.empty(argmax.shape, dtype=np.uint8)  # as the layer keeps them
     W.output_transform_pool(m, th, tw, bias, True, p, win)
     np.testing.assert_array_equal(p, pooled)
     # the flat index of the winner in y, from its position in the tile

@@ -476,7 +476,8 @@ def output_transform_pool(m, th, tw, bias, relu, p, argmax):
     """:func:`output_transform` followed by 2x2/stride-2 max pooling, in one pass.
 
     m : ndarray (16, R, F); p : ndarray (N, th, tw, F) written with the pooled outputs;
-    argmax : ndarray (N, th, tw, F) int32, written with the winner's position in its tile (0..3).
+    argmax : ndarray (N, th, tw, F) of small ints (the layer uses uint8), written with the winner's
+    position in its tile (0..3).
     """
     patch = np.empty((2, 2, p.shape[3]), dtype=p.dtype)
     for t in range(p.shape[0] * th):
@@ -511,7 +512,7 @@ def output_transform_pool_backward(dp, p, argmax, relu, th, tw, dm, db_rows):
     """Adjoint of :func:`output_transform_pool`: each pooled gradient goes to its tile's winner
     (zero if ``relu`` and the pooled output is not positive), then ``dM = A dZ A^T`` per tile.
 
-    dp, p : ndarray (N, th, tw, F) (pooled gradient and pooled output); argmax : int32, same shape;
+    dp, p : ndarray (N, th, tw, F) (pooled gradient and pooled output); argmax : as there;
     dm : ndarray (16, R, F), written; db_rows : ndarray (N*th, F) float64, written (as in
     :func:`output_transform_backward`).
     """

@@ -267,7 +267,7 @@ class Conv2D(ActivatedLayer):
         p = self._buffer("pooled", (x.shape[0], oh // 2, ow // 2, f))
         implementation = self.implementation if training else self._inference_implementation(x.shape[0])
         # the winners' positions, for backward: F(4x4) inference keeps none
-        argmax = self._buffer("pooled_argmax", p.shape, np.int32) if implementation is self.implementation else None
+        argmax = self._buffer("pooled_argmax", p.shape, np.uint8) if implementation is self.implementation else None
         self._epilogue = self._implementation_epilogue(implementation)
         implementation.forward_pooled(x, p, argmax, self._epilogue)
         self._ran = implementation
@@ -580,7 +580,7 @@ class Winograd(_Implementation):
 
     def forward_pooled(self, x, p, argmax, epilogue):
         """As :meth:`forward`, then 2x2 max pooling: p (N, OH/2, OW/2, F) and the winners' positions
-        ``argmax`` (int32, same shape) written; the full-size output is never stored."""
+        ``argmax`` (uint8, same shape) written; the full-size output is never stored."""
         self._run_forward(x, epilogue, pool=(p, argmax))
         self._pooled = (p, argmax)
 
