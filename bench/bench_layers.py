@@ -401,7 +401,7 @@ def _time_conv_pieces(layer, x, repeats, peak, pooled=False):
         ms[REST] = max(0.0, wall - sum(ms.values()))
         if epilogue is None:  # bias and activation in the layer, after the implementation
             t0 = time.perf_counter()
-            K.bias_act_forward(y2d, layer._bias(), relu)
+            K.bias_act_forward(y2d, layer._bias(), relu, layer._no_affine(), layer._no_affine())
             K.bias_act_backward(dz2d, y2d, relu, dz_out)
             ms["epilogues"] = time.perf_counter() - t0
         return ms

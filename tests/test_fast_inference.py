@@ -29,6 +29,7 @@ from tinycnn.layers.conv import Winograd, Winograd4x4
 FAST_TOL = 1e-4
 #: What the tests below allow against the float64 loops: ten times the measured rounding.
 KERNEL_TOL = 2e-5
+NO_AFFINE = np.empty(0, np.float32)  # no batch normalization folded into the output pass
 
 
 def _reference(x, w, b, padding, relu):
@@ -64,12 +65,12 @@ def test_f4x4_kernels_match_the_direct_convolution(n, h, w, c, f, padding):
     m = v @ u
     for relu in (False, True):
         y = np.full((n, oh, ow, f), np.nan, dtype)
-        W4.output_transform(m, th, tw, b, relu, y)
+        W4.output_transform(m, th, tw, b, relu, y, NO_AFFINE, NO_AFFINE)
         expected = _reference(x, wt, b, padding, relu)
         assert relative_error(y, expected) <= KERNEL_TOL
         if oh % 2 == 0 and ow % 2 == 0:
             p = np.full((n, oh // 2, ow // 2, f), np.nan, dtype)
-            W4.output_transform_pool(m, th, tw, b, relu, p)
+            W4.output_transform_pool(m, th, tw, b, relu, p, NO_AFFINE, NO_AFFINE)
             np.testing.assert_array_equal(p, _pool(y))  # the same tile values, pooled in registers
 
 

@@ -82,13 +82,14 @@ def test_output_transform_pool_is_output_transform_then_max_pool():
     m[:, 0] = 0                                   # a tile of equal outputs: the tie goes to the first
     bias = gen.standard_normal(f).astype(np.float32)
     y = np.empty((2, 2 * th, 2 * tw, f), dtype=np.float32)
-    W.output_transform(m, th, tw, bias, True, y)
+    none = np.empty(0, np.float32)  # no affine map after the epilogue
+    W.output_transform(m, th, tw, bias, True, y, none, none)
     pooled = np.empty((2, th, tw, f), dtype=np.float32)
     argmax = np.empty(pooled.shape, dtype=np.int32)
     P.maxpool_forward(y, 2, 2, 2, 2, 0, 0, pooled, argmax)
     p = np.empty_like(pooled)
     win = np.empty(argmax.shape, dtype=np.uint8)  # as the layer keeps them
-    W.output_transform_pool(m, th, tw, bias, True, p, win)
+    W.output_transform_pool(m, th, tw, bias, True, p, win, none, none)
     np.testing.assert_array_equal(p, pooled)
     # the flat index of the winner in y, from its position in the tile
     rows = 2 * np.arange(th)[None, :, None, None] + win // 2
@@ -107,3 +108,70 @@ def test_output_transform_pool_is_output_transform_then_max_pool():
     W.output_transform_pool_backward(dp, p, win, True, th, tw, dm, db)
     np.testing.assert_array_equal(dm, dm_ref)
     np.testing.assert_array_equal(db, db_ref)
+
+
+# --- a batch normalization folded into the convolution before it, in inference (tinycnn/graph.py) ---
+
+def _folding_model():
+    """Conv (relu) -> BN: folded; Winograd conv + pool -> BN: folded; a sigmoid conv -> BN: not
+    (its activation runs after the output pass); a conv read by BN and by the Add: not."""
+    tinycnn.set_seed(0)
+    inputs = tinycnn.Input((12, 12, 3))
+    h = BatchNormalization()(Conv2D(16, 3, padding="same", activation="relu")(inputs))
+    h = BatchNormalization()(MaxPooling2D()(Conv2D(16, 3, padding="same", activation="relu")(h)))
+    h = BatchNormalization()(Conv2D(16, 3, padding="same", activation="sigmoid")(h))
+    c = Conv2D(16, 3, padding="same", activation="relu")(h)
+    h = tinycnn.layers.Add()([BatchNormalization()(c), c])
+    outputs = Dense(2, activation="softmax")(Flatten()(h))
+    model = tinycnn.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    return model
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["exact", "fast_inference"])
+def test_inference_folds_batch_norm_into_the_convolution_bit_for_bit(winograd_everywhere, monkeypatch, fast):
+    model = _folding_model()
+    gen = np.random.default_rng(2)
+    x = gen.random((5, 12, 12, 3), dtype=np.float32)
+    y = np.eye(2, dtype=np.float32)[gen.integers(0, 2, 5)]
+    for _ in range(3):  # moving statistics and weights away from their initial values
+        model.train_on_batch(x, y)
+    model.fast_inference = fast
+    plan = model.plan
+    steps = [type(s.owner).__name__ + ("+pool" if s.pool is not None else "") for s in plan.steps]
+    assert {steps[k]: steps[j] for k, j in plan.folds.items()} == {"Conv2D": "BatchNormalization",
+                                                                   "Conv2D+pool": "BatchNormalization"}
+    assert len(plan.folds) == 2
+    calls = []
+    original = BatchNormalization.forward
+    monkeypatch.setattr(BatchNormalization, "forward", lambda self, *a, **k: calls.append(self) or original(self, *a, **k))
+    from tinycnn.layers import conv
+    for n in (5, 1):  # then one image, told to run im2col: its pooling and the BN step run after it
+        if n == 1:
+            monkeypatch.setattr(conv, "WINOGRAD_MIN_INFERENCE_TILES", 10**6)
+            monkeypatch.setattr(conv, "WINOGRAD4_MIN_INFERENCE_TILES", 10**6)
+        unfolded = plan.forward([x[:n]], False).copy()
+        calls.clear()
+        np.testing.assert_array_equal(model.predict(x[:n]), unfolded)
+        assert len(calls) == (2 if n == 5 else 3)
+    np.testing.assert_array_equal(model(x), model.plan.forward([x], False))
+    with pytest.raises(RuntimeError, match="folded batch normalizations"):
+        plan.forward([x], False, fold=True)
+        plan.backward(np.ones((5, 2), np.float32))
+
+
+def test_folding_leaves_training_and_evaluation_alone(winograd_everywhere):
+    gen = np.random.default_rng(3)
+    x = gen.random((6, 12, 12, 3), dtype=np.float32)
+    y = np.eye(2, dtype=np.float32)[gen.integers(0, 2, 6)]
+    plain, predicting = _folding_model(), _folding_model()
+    for _ in range(2):
+        plain.train_on_batch(x, y)
+        predicting.train_on_batch(x, y)
+        predicting.predict(x)
+    for a, b in zip(plain.get_weights(), predicting.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    unfolded = predicting.plan.forward([x], False).copy()
+    loss = predicting.evaluate(x, y, verbose=0)
+    reference = predicting.loss.value_and_grad(y, unfolded.reshape(6, -1), None)[0]
+    assert loss == pytest.approx(float(reference), rel=1e-6)

@@ -23,6 +23,11 @@ def rand(shape, dtype, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 
 
+def no_affine(dtype):
+    """The empty (scale, shift) that the output passes take for: no folded batch normalization."""
+    return np.empty(0, dtype), np.empty(0, dtype)
+
+
 def conv_geometry(h, w, kh, kw, sh, sw, padding):
     oh, ph = C.conv_output_length(h, kh, sh, padding)
     ow, pw = C.conv_output_length(w, kw, sw, padding)
@@ -69,7 +74,7 @@ def winograd_conv(x, wt, dy, padding):
     W.kernel_transform(wt, u)
     W.input_transform(x, ph, pw, th, tw, v)
     y = np.empty((n, oh, ow, f), dtype=x.dtype)
-    W.output_transform(v @ u, th, tw, np.zeros(f, dtype=x.dtype), False, y)
+    W.output_transform(v @ u, th, tw, np.zeros(f, dtype=x.dtype), False, y, *no_affine(x.dtype))
     dm = np.empty((16, n * th * tw, f), dtype=x.dtype)
     W.output_transform_backward(dy, y, False, th, tw, dm, np.empty((n * th, f)))
     dw = np.empty_like(wt)
@@ -121,9 +126,9 @@ def test_winograd_output_transform_fuses_bias_relu_and_the_bias_gradient(dtype):
     m = rand((16, 3 * th * tw, f), dtype, 1)
     bias = rand((f,), dtype, 2)
     plain = np.empty((3, oh, ow, f), dtype=dtype)
-    W.output_transform(m, th, tw, np.zeros(f, dtype=dtype), False, plain)
+    W.output_transform(m, th, tw, np.zeros(f, dtype=dtype), False, plain, *no_affine(dtype))
     fused = np.empty_like(plain)
-    W.output_transform(m, th, tw, bias, True, fused)
+    W.output_transform(m, th, tw, bias, True, fused, *no_affine(dtype))
     expected = R.relu(plain + bias)
     np.testing.assert_allclose(fused, expected, **tol(dtype))
     assert (fused == 0).mean() > 0.2            # the ReLU really cut something
@@ -153,7 +158,7 @@ def test_winograd_transforms_are_adjoints():
 
     m = rand((16, 2 * th * tw, 4), np.float64, 4)
     y = np.empty((2, oh, ow, 4))
-    W.output_transform(m, th, tw, np.zeros(4), False, y)
+    W.output_transform(m, th, tw, np.zeros(4), False, y, *no_affine(np.float64))
     dy = rand(y.shape, np.float64, 5)
     dm = np.empty_like(m)
     W.output_transform_backward(dy, y, False, th, tw, dm, np.empty((2 * th, 4)))
@@ -186,7 +191,7 @@ def test_bias_activation_epilogue(dtype, relu):
     z = rand((40, 6), dtype)
     b = rand((6,), dtype, 1)
     y = z.copy()
-    C.bias_act_forward(y, b, relu)
+    C.bias_act_forward(y, b, relu, *no_affine(y.dtype))
     expected = z + b
     if relu:
         expected = np.maximum(expected, 0)

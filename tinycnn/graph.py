@@ -16,7 +16,14 @@ ordered list of :class:`Step` objects:
 * **fusion**: a Winograd ``Conv2D`` whose only reader is a 2x2 ``MaxPooling2D`` becomes one step
   that computes the pooled output directly (``Conv2D.forward_pooled``; bit-identical to the two
   layers one after the other, without storing the full-size output). This is a rewrite of the plan,
-  decided here once, not at every call.
+  decided here once, not at every call;
+* **folding** (inference only): a ``BatchNormalization`` whose only input is a convolution step's
+  output, read by nothing else, is in inference one per-channel affine map, ``x * scale + shift``.
+  A prediction (``run(..., fold=True)``, which ``predict``, ``evaluate`` and ``model(x)`` ask for)
+  then hands it to the convolution, whose output pass applies it after bias and ReLU (and after the
+  pooling of a fused step) while the values are in cache, and skips the batch-norm step: the same
+  float32 arithmetic, one pass over the output less (``tests/test_fusion.py``). The steps and slots
+  stay as they are; training, Grad-CAM and gradient checks run every step.
 
 Forward and backward are then plain loops over the steps.
 """
@@ -78,6 +85,16 @@ class Step:
                 return self.layer.forward_pooled(x, training=training)
             return self.pool.forward(self.layer.forward(x, training=training), training=training)
         return self.layer.forward(x, training=training)
+
+    def forward_folded(self, values, affine):
+        """Inference forward with a folded batch normalization's ``affine = (scale, shift)`` applied
+        by the convolution's output pass, or None when this call cannot (its pooling would run after
+        the convolution, and must come before the affine map, whose scale may be negative)."""
+        x = values[self.inputs[0]]
+        if self.pool is None:
+            return self.layer.forward(x, training=False, affine=affine)
+        self.pooled_inside = self.layer.pools_inside(x.shape[0], False)
+        return self.layer.forward_pooled(x, training=False, affine=affine) if self.pooled_inside else None
 
     def backward(self, grad, from_logits=False):
         """Gradients with respect to the inputs (a list, one per input slot; None where not needed)."""
@@ -151,6 +168,8 @@ class Plan:
                                    self.slot_of[id(out_node)], None if pool is None else pool.layer))
         self.n_slots = len(self.slot_of)
         self.output = self.slot_of[id(output.node)]
+        self.folds = self._foldable(observed) if fuse else {}
+        self._folded = False  # whether the last run folded a batch normalization (then no backward)
         # A slot needs a gradient if something trainable produced it or lies upstream of it.
         needs = [False] * self.n_slots
         for step in self.steps:
@@ -158,22 +177,57 @@ class Plan:
             needs[step.output] = step.has_params or step.needs_input_grad
         self.needs_grad = needs
 
+    def _foldable(self, observed):
+        """``{k: j}``: step ``j`` is a batch normalization that step ``k``, a convolution, can apply in
+        an inference call (see the module docstring): j reads only k's output, and nothing else reads
+        it; neither value is the model's output or observed."""
+        readers = {}
+        for j, step in enumerate(self.steps):
+            for i in step.inputs:
+                readers.setdefault(i, []).append(j)
+        kept = {self.slot_of[i] for i in observed if i in self.slot_of} | {self.output}
+        folds = {}
+        for k, step in enumerate(self.steps):
+            after = readers.get(step.output, [])
+            if len(after) != 1 or not hasattr(step.layer, "folds_norm") or step.output in kept:
+                continue
+            norm = self.steps[after[0]]
+            if norm.inputs == [step.output] and norm.output not in kept and step.layer.folds_norm(norm.layer):
+                folds[k] = after[0]
+        return folds
+
     @property
     def head(self):
         """The step that produces the output."""
         return self.steps[-1]
 
-    def run(self, xs, training, until=None, start=0, values=None):
+    def run(self, xs, training, until=None, start=0, values=None, fold=False):
         """Forward through steps ``start`` to ``until`` (not included): all slot values.
 
         From the beginning, ``xs`` fills the input slots; to go on from step ``start``, pass the
-        ``values`` an earlier run left there instead (see :meth:`live_values`).
+        ``values`` an earlier run left there instead (see :meth:`live_values`). ``fold`` (inference
+        only, a whole run): fold batch normalizations into the convolutions before them (module
+        docstring); a folded slot then holds the normalized values, and no backward pass may follow.
         """
         if values is None:
             values = [None] * self.n_slots
             values[:self.n_inputs] = xs
-        for step in self.steps[start:until]:
+        end = len(self.steps) if until is None else until
+        fold = fold and not training and start == 0 and end == len(self.steps)
+        skipped = set()
+        for k in range(start, end):
+            step = self.steps[k]
+            if k in skipped:  # its convolution applied it: the value passes through
+                values[step.output] = values[step.inputs[0]]
+                continue
+            if fold and k in self.folds:
+                out = step.forward_folded(values, self.steps[self.folds[k]].layer.inference_affine())
+                if out is not None:
+                    values[step.output] = out
+                    skipped.add(self.folds[k])
+                    continue
             values[step.output] = step.forward(values, training)
+        self._folded = bool(skipped)
         return values
 
     def live_values(self, values, position):
@@ -183,14 +237,17 @@ class Plan:
         needed = {i for step in self.steps[position:] for i in step.inputs} | {self.output}
         return [v.copy() if v is not None and i in needed else None for i, v in enumerate(values)]
 
-    def forward(self, xs, training):
-        """The output for the list of input batches ``xs``."""
-        return self.run(xs, training)[self.output]
+    def forward(self, xs, training, fold=False):
+        """The output for the list of input batches ``xs`` (``fold``: see :meth:`run`)."""
+        return self.run(xs, training, fold=fold)[self.output]
 
     def backward(self, grad, from_logits=False, keep=()):
         """Backward from ``grad`` (the gradient of the output, or of the head's logits when
         ``from_logits``); every step stores its parameter gradients in its layer's ``grads``.
         Returns ``{slot: gradient}`` for the slots in ``keep`` (and the inputs that need one)."""
+        if self._folded:
+            raise RuntimeError("Plan.backward: the last forward pass folded batch normalizations into convolutions "
+                               "(an inference call); run the forward pass again without fold=True")
         grads = [None] * self.n_slots
         grads[self.output] = grad
         last = len(self.steps) - 1
@@ -215,5 +272,7 @@ class Plan:
         lines = []
         for k, step in enumerate(self.steps):
             reads = ", ".join(f"#{i}" for i in step.inputs)
-            lines.append(f"{k:>4}  {reads:>12} -> #{step.output:<4} {step.describe()}")
+            folded = f"  (folded into step {min(j for j, f in self.folds.items() if f == k)} in inference)" \
+                if k in self.folds.values() else ""
+            lines.append(f"{k:>4}  {reads:>12} -> #{step.output:<4} {step.describe()}{folded}")
         return lines

@@ -540,9 +540,11 @@ class Model:
 
     # --- one step ---------------------------------------------------------------------------------
 
-    def _forward(self, xs, training):
-        """The output for input batches ``xs`` (a list, or one array for a one-input model)."""
-        return self.plan.forward(xs if isinstance(xs, list) else [xs], training)
+    def _forward(self, xs, training, fold=False):
+        """The output for input batches ``xs`` (a list, or one array for a one-input model).
+        ``fold``: an inference call that no backward pass follows may fold batch normalizations into
+        the convolutions before them (``tinycnn/graph.py``)."""
+        return self.plan.forward(xs if isinstance(xs, list) else [xs], training, fold=fold)
 
     def _loss(self, out, y, sample_weight):
         """Loss value, per-sample losses and the gradient to start backward from."""
@@ -598,7 +600,7 @@ class Model:
         """Loss of one batch in inference mode; updates the metrics. Returns ``(loss, output)``."""
         xs, y, w = data
         with compute_lock():
-            out = self._forward(xs, training=False)
+            out = self._forward(xs, training=False, fold=True)
             value, _ = self.compute_loss(xs, y, out, w, training=False)
             for m in self.metrics:
                 m.update(y, out.reshape(out.shape[0], -1), w)
@@ -607,7 +609,7 @@ class Model:
     def predict_step(self, data):
         """The output for one batch ``data = (xs, ...)`` in inference mode (a copy)."""
         with compute_lock():
-            return self._forward(data[0], training=False).copy()
+            return self._forward(data[0], training=False, fold=True).copy()
 
     # --- fit --------------------------------------------------------------------------------------
 
@@ -817,7 +819,8 @@ class Model:
                             f"Model(model.inputs, Dense(2)(model.get_layer('flatten').output))")
         xs = self._check_inputs(x, f"{type(self).__name__}.__call__")
         with compute_lock():
-            return self._forward([np.ascontiguousarray(a, dtype=self.dtype) for a in xs], training=training).copy()
+            return self._forward([np.ascontiguousarray(a, dtype=self.dtype) for a in xs], training=training,
+                                 fold=not training).copy()
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         """One optimizer step on one batch; returns the loss (and metrics on that batch)."""

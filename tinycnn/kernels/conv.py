@@ -156,22 +156,27 @@ def col2im(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx):
 
 @by_rows(0)
 @njit(nogil=True, cache=True)
-def bias_act_forward(y2d, bias, relu):
+def bias_act_forward(y2d, bias, relu, scale, shift):
     """In place: ``y2d += bias``, then ``max(y2d, 0)`` if ``relu``. The convolution/Dense epilogue.
+    Then ``y2d * scale + shift`` per column if ``scale`` is not empty: an inference-time batch
+    normalization after the layer, folded into this pass (``tinycnn/graph.py``).
 
-    y2d : ndarray (M, F); bias : ndarray (F,), or size 0 for no bias; relu : bool
+    y2d : ndarray (M, F); bias : ndarray (F,), or size 0 for no bias; relu : bool;
+    scale, shift : ndarray (F,), or size 0
     """
     m, f = y2d.shape
     has_bias = bias.shape[0] > 0
+    affine = scale.shape[0] > 0
     for r in range(m):
         for k in range(f):
             v = y2d[r, k]
             if has_bias:
                 v += bias[k]
             if relu and v < 0:
-                y2d[r, k] = 0
-            else:
-                y2d[r, k] = v
+                v = np.float32(0)  # float32, so that float32 data are not promoted to float64
+            if affine:
+                v = v * scale[k] + shift[k]
+            y2d[r, k] = v
 
 
 @njit(nogil=True, cache=True)

@@ -328,17 +328,31 @@ def _output_transform_row(m, th, tw, bias, relu, y, t, patch):
                         y[n, oi + i, oj + j, k] = patch[i, j, k]
 
 
+@njit(inline="always")
+def affine_rows(y, n, r0, r1, scale, shift):
+    """``y[n, r0:r1] = y[n, r0:r1] * scale + shift`` per channel, when ``scale`` is not empty: an
+    inference-time batch normalization after the layer, folded into its output pass while the rows
+    are still in cache (``tinycnn/graph.py``). The same float32 arithmetic as the layer's own."""
+    if scale.shape[0] == 0:
+        return
+    for r in range(r0, min(r1, y.shape[1])):
+        for j in range(y.shape[2]):
+            for k in range(y.shape[3]):
+                y[n, r, j, k] = y[n, r, j, k] * scale[k] + shift[k]
+
+
 @njit(nogil=True, cache=True)
-def output_transform(m, th, tw, bias, relu, y):
+def output_transform(m, th, tw, bias, relu, y, scale, shift):
     """``y = A^T M A + bias`` (then ReLU if ``relu``) for every tile and filter; outputs past an odd
     edge are dropped.
 
     m : ndarray (16, R, F) with R >= N*th*tw; bias : ndarray (F,) (zeros for none); relu : bool;
-    y : ndarray (N, OH, OW, F), written.
+    y : ndarray (N, OH, OW, F), written; scale, shift : ndarray (F,), or empty: :func:`affine_rows`.
     """
     patch = np.empty((2, 2, y.shape[3]), dtype=y.dtype)
     for t in range(y.shape[0] * th):
         _output_transform_row(m, th, tw, bias, relu, y, t, patch)
+        affine_rows(y, t // th, 2 * (t % th), 2 * (t % th) + 2, scale, shift)
 
 
 @njit(inline="always")
@@ -472,8 +486,9 @@ def _output_transform_pool_row(m, th, tw, bias, relu, p, argmax, t, patch):
 
 
 @njit(nogil=True, cache=True)
-def output_transform_pool(m, th, tw, bias, relu, p, argmax):
-    """:func:`output_transform` followed by 2x2/stride-2 max pooling, in one pass.
+def output_transform_pool(m, th, tw, bias, relu, p, argmax, scale, shift):
+    """:func:`output_transform` followed by 2x2/stride-2 max pooling, in one pass (and the affine
+    map of :func:`affine_rows` on the pooled values, if given).
 
     m : ndarray (16, R, F); p : ndarray (N, th, tw, F) written with the pooled outputs;
     argmax : ndarray (N, th, tw, F) of small ints (the layer uses uint8), written with the winner's
@@ -482,6 +497,7 @@ def output_transform_pool(m, th, tw, bias, relu, p, argmax):
     patch = np.empty((2, 2, p.shape[3]), dtype=p.dtype)
     for t in range(p.shape[0] * th):
         _output_transform_pool_row(m, th, tw, bias, relu, p, argmax, t, patch)
+        affine_rows(p, t // th, t % th, t % th + 1, scale, shift)
 
 
 @njit(inline="always")

@@ -31,6 +31,8 @@ The transforms are memory-bound like F(2x2)'s, but move 44% less data per output
 import numpy as np
 from numba import njit
 
+from .winograd import affine_rows
+
 # Constants are float32, so that float32 data are not promoted to float64.
 _F = np.float32
 _SIXTH = 1.0 / 6.0  # G's entries are multiples of 1/6 (1/24 = 1/4 of it): multiplied, not divided
@@ -194,11 +196,12 @@ def _output_tile(m, row, bias, relu, dst, tmp):
 
 
 @njit(nogil=True, cache=True)
-def output_transform(m, th, tw, bias, relu, y):
+def output_transform(m, th, tw, bias, relu, y, scale, shift):
     """``y = A^T M A + bias`` (then ReLU if ``relu``) for every tile and filter; outputs past the
     edge are dropped.
 
-    m : ndarray (36, R, F); bias : ndarray (F,) (zeros for none); y : ndarray (N, OH, OW, F), written.
+    m : ndarray (36, R, F); bias : ndarray (F,) (zeros for none); y : ndarray (N, OH, OW, F), written;
+    scale, shift : (F,) or empty, as in ``winograd.output_transform``.
     """
     n_img, oh, ow, f = y.shape
     patch = np.empty((4, 4, f), dtype=y.dtype)
@@ -213,10 +216,11 @@ def output_transform(m, th, tw, bias, relu, y):
                 for j in range(min(4, ow - oj)):
                     for k in range(f):
                         y[n, oi + i, oj + j, k] = patch[i, j, k]
+        affine_rows(y, n, oi, oi + 4, scale, shift)
 
 
 @njit(nogil=True, cache=True)
-def output_transform_pool(m, th, tw, bias, relu, p):
+def output_transform_pool(m, th, tw, bias, relu, p, scale, shift):
     """:func:`output_transform` followed by 2x2/stride-2 max pooling: each 4x4 tile holds four whole
     pooling windows (the layer's output has even sides). p : ndarray (N, OH/2, OW/2, F), written.
     Inference only, so no record of the winners is kept."""
@@ -234,3 +238,4 @@ def output_transform_pool(m, th, tw, bias, relu, p):
                     for k in range(f):
                         p[n, pi + i, pj + j, k] = max(max(patch[2 * i, 2 * j, k], patch[2 * i, 2 * j + 1, k]),
                                                       max(patch[2 * i + 1, 2 * j, k], patch[2 * i + 1, 2 * j + 1, k]))
+        affine_rows(p, n, pi, pi + 2, scale, shift)

@@ -390,10 +390,18 @@ class ActivatedLayer(Layer):
     def _bias(self):
         return self.params["bias"] if self.use_bias else np.empty(0, dtype=self.dtype)
 
-    def _activate(self, z2d):
-        """Bias + activation on the (M, F) product, in place where possible. Returns y2d."""
+    def _no_affine(self):
+        """The empty scale (and shift) that tells an output pass there is no affine map to apply."""
+        return np.empty(0, dtype=self.dtype)
+
+    def _activate(self, z2d, affine=None):
+        """Bias + activation on the (M, F) product, in place where possible. Returns y2d.
+
+        ``affine``: ``(scale, shift)`` of an inference-time batch normalization after the layer, folded
+        into the same pass (ReLU or linear activation only; see ``tinycnn/graph.py``)."""
         relu = self.activation.name == "relu"
-        conv_kernels.bias_act_forward(z2d, self._bias(), relu)
+        scale, shift = (self._no_affine(),) * 2 if affine is None else affine
+        conv_kernels.bias_act_forward(z2d, self._bias(), relu, scale, shift)
         if relu or self.activation.name == "linear":
             self.logits = None if relu else z2d
             return z2d

@@ -208,25 +208,34 @@ class Conv2D(ActivatedLayer):
         (``Im2col.kept_columns``), else None."""
         return getattr(self.implementation, "kept_columns", None)
 
-    def _implementation_epilogue(self, implementation=None):
+    def _implementation_epilogue(self, implementation=None, affine=None):
         """The bias and ReLU to apply inside the implementation's output pass, or None when the
         layer applies bias and activation itself (an im2col layer, or an activation other than
-        ReLU or none)."""
+        ReLU or none). ``affine``: a folded batch normalization's ``(scale, shift)``, applied last."""
         implementation = self.implementation if implementation is None else implementation
         if not (implementation.applies_epilogue and self.activation.name in ("relu", "linear")):
             return None
-        return Epilogue(self.params["bias"] if self.use_bias else None, self.activation.name == "relu")
+        return Epilogue(self.params["bias"] if self.use_bias else None, self.activation.name == "relu",
+                        *((self._no_affine(),) * 2 if affine is None else affine))
 
-    def forward(self, x, training=False):
-        """x (N, H, W, C) -> y (N, OH, OW, F) = activation(conv(x) + bias)."""
+    def folds_norm(self, norm):
+        """True if the batch normalization ``norm``, reading only this layer's output, can be folded
+        into the output pass of an inference call (``tinycnn/graph.py``): ReLU or no activation, so
+        that its per-channel affine map comes right after the epilogue the pass already applies."""
+        from .normalization import BatchNormalization
+        return type(norm) is BatchNormalization and self.activation.name in ("relu", "linear")
+
+    def forward(self, x, training=False, affine=None):
+        """x (N, H, W, C) -> y (N, OH, OW, F) = activation(conv(x) + bias); with ``affine`` (inference,
+        a folded batch normalization's ``(scale, shift)``), ``y * scale + shift`` in the same pass."""
         y = self._buffer("y", (x.shape[0],) + self.output_shape)
         implementation = self.implementation if training else self._inference_implementation(x.shape[0])
-        self._epilogue = self._implementation_epilogue(implementation)
+        self._epilogue = self._implementation_epilogue(implementation, affine)
         implementation.forward(x, y, training, self._epilogue)
         self._ran = implementation  # what backward must differentiate (Grad-CAM follows inference)
         y2d = y.reshape(-1, self.filters)
         if self._epilogue is None:
-            y2d = self._activate(y2d)  # bias and activation here; keeps the logits for the loss
+            y2d = self._activate(y2d, affine)  # bias and activation here; keeps the logits for the loss
         else:
             self.logits = None if self._epilogue.relu else y2d
         self._y2d = y2d
@@ -260,15 +269,16 @@ class Conv2D(ActivatedLayer):
         (:meth:`_inference_implementation`), which has no pooling inside."""
         return training or self._inference_implementation(n).pools
 
-    def forward_pooled(self, x, training=False):
+    def forward_pooled(self, x, training=False, affine=None):
         """``MaxPooling2D((2, 2))(self.forward(x))`` in one pass: the full-size output is never stored.
-        Equal, bit for bit, to the two layers run one after the other (tested)."""
+        Equal, bit for bit, to the two layers run one after the other (tested). ``affine``: as in
+        :meth:`forward`, applied to the pooled values."""
         oh, ow, f = self.output_shape
         p = self._buffer("pooled", (x.shape[0], oh // 2, ow // 2, f))
         implementation = self.implementation if training else self._inference_implementation(x.shape[0])
         # the winners' positions, for backward: F(4x4) inference keeps none
         argmax = self._buffer("pooled_argmax", p.shape, np.uint8) if implementation is self.implementation else None
-        self._epilogue = self._implementation_epilogue(implementation)
+        self._epilogue = self._implementation_epilogue(implementation, affine)
         implementation.forward_pooled(x, p, argmax, self._epilogue)
         self._ran = implementation
         self.logits = None
@@ -290,9 +300,13 @@ class Conv2D(ActivatedLayer):
 class Epilogue(NamedTuple):
     """Bias and ReLU applied inside an implementation's output pass (for Winograd, in its output
     transform, saving a pass over ``y``): ``y = max(z + bias, 0)`` if ``relu`` else ``z + bias``.
-    ``bias`` is the layer's (F,) bias, or None for a layer without one (no bias gradient either)."""
+    ``bias`` is the layer's (F,) bias, or None for a layer without one (no bias gradient either).
+    ``scale`` and ``shift``: then ``y * scale + shift`` per channel, a batch normalization folded in
+    for an inference call; empty arrays otherwise."""
     bias: Optional[np.ndarray]
     relu: bool
+    scale: np.ndarray
+    shift: np.ndarray
 
 
 def _kernel_table(**roles):
@@ -597,6 +611,7 @@ class Winograd(_Implementation):
         else:
             bias = layer._buffer("zero_bias", (layer.filters,))
             bias[...] = 0
+        scale, shift = (epilogue.scale, epilogue.shift) if epilogue is not None else (layer._no_affine(),) * 2
 
         def work(lo, hi, slot, serial):
             k = self.kernels
@@ -607,19 +622,19 @@ class Winograd(_Implementation):
                 k.input_transform(x[n0:n1, i0:i1], ph, pw, b - a, tw, v)
                 k.forward_product(v[:, :rows], u, out=m[:, :rows])
                 if pool is None:
-                    k.output_transform(m, b - a, tw, bias, relu, y[n0:n1, t * a:t * b])
+                    k.output_transform(m, b - a, tw, bias, relu, y[n0:n1, t * a:t * b], scale, shift)
                 else:
-                    self._pooled_output(k, m, b - a, tw, bias, relu, pool, n0, n1, a, b)
+                    self._pooled_output(k, m, b - a, tw, bias, relu, pool, n0, n1, a, b, scale, shift)
 
         split_batch(n, work)
         self._x = x
 
     @staticmethod
-    def _pooled_output(k, m, th, tw, bias, relu, pool, n0, n1, a, b):
+    def _pooled_output(k, m, th, tw, bias, relu, pool, n0, n1, a, b, scale, shift):
         """Output transform and 2x2 max pooling of one chunk (tile rows ``a..b-1``) into the pooled
         output and the winners' positions, ``pool = (p, argmax)``."""
         p, argmax = pool
-        k.output_transform_pool(m, th, tw, bias, relu, p[n0:n1, a:b], argmax[n0:n1, a:b])
+        k.output_transform_pool(m, th, tw, bias, relu, p[n0:n1, a:b], argmax[n0:n1, a:b], scale, shift)
 
     def backward(self, dz2d, epilogue=None):
         """From ``dz2d`` (N * OH * OW, F), the gradient of :meth:`forward`'s output (with the
@@ -713,8 +728,8 @@ class Winograd4x4(Winograd):
         forward_product=np.matmul)
 
     @staticmethod
-    def _pooled_output(k, m, th, tw, bias, relu, pool, n0, n1, a, b):
-        k.output_transform_pool(m, th, tw, bias, relu, pool[0][n0:n1, 2 * a:2 * b])
+    def _pooled_output(k, m, th, tw, bias, relu, pool, n0, n1, a, b, scale, shift):
+        k.output_transform_pool(m, th, tw, bias, relu, pool[0][n0:n1, 2 * a:2 * b], scale, shift)
 
     def backward(self, dz2d, epilogue=None):
         raise RuntimeError(f"{self.layer.describe()}: its last forward pass ran F(4x4) Winograd for fast inference, "

@@ -125,6 +125,16 @@ class BatchNormalization(Layer):
         self._x2d, self._mean, self._inv, self._training = x2d, mean, inv, training
         return y
 
+    def inference_affine(self):
+        """``(scale, shift)`` of the inference-mode forward pass, ``y = x * scale + shift`` per channel
+        (from the moving statistics, computed as :meth:`forward` does), for folding this layer into the
+        output pass of the convolution before it (``tinycnn/graph.py``)."""
+        mean = self.state["moving_mean"].astype(np.float64)
+        var = self.state["moving_variance"].astype(np.float64)
+        gamma, beta = self._gamma_beta()
+        scale = gamma * (1.0 / np.sqrt(var + self.epsilon))
+        return scale.astype(self.dtype), (beta - mean * scale).astype(self.dtype)
+
     def backward(self, grad_out):
         c = self.input_shape[-1]
         dy2d = np.ascontiguousarray(grad_out).reshape(-1, c)
