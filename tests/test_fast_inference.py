@@ -74,6 +74,12 @@ def test_f4x4_kernels_match_the_direct_convolution(n, h, w, c, f, padding):
             np.testing.assert_array_equal(p, _pool(y))  # the same tile values, pooled in registers
 
 
+def _f4_on_any_batch(monkeypatch):
+    """Let F(4x4) run whatever the number of tiles (the layers here are small)."""
+    monkeypatch.setattr(conv, "WINOGRAD4_MIN_INFERENCE_TILES", 0)
+    monkeypatch.setattr(conv, "WINOGRAD4_MIN_IMAGE_TILES", 0)
+
+
 @pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
 def threads(request, monkeypatch):
     if request.param > 1 and not _threads._blas_controllers():
@@ -104,7 +110,7 @@ def _fast_layer(dtype, activation, use_bias=True, input_shape=(18, 14, 16), filt
     ("relu", True, True), ("linear", False, True)])                             # max pooling inside
 def test_the_layer_runs_f4x4_in_inference_and_matches_the_reference(threads, small_chunks, monkeypatch,
                                                                     activation, use_bias, pooled):
-    monkeypatch.setattr(conv, "WINOGRAD4_MIN_INFERENCE_TILES", 0)
+    _f4_on_any_batch(monkeypatch)
     layer = _fast_layer("float32", activation, use_bias)
     x = np.random.default_rng(1).standard_normal((3,) + layer.input_shape).astype(np.float32)
     w, b = layer.params["kernel"], layer.params.get("bias", np.zeros(layer.filters))
@@ -125,7 +131,7 @@ def test_float32_error_of_f4x4_stays_within_the_documented_bound(monkeypatch, po
     """A mid-size layer (32 channels in and out, 10x10), as for the exact routes in
     tests/test_routes.py: float32 F(4x4) against the convolution in float64; the error is recorded
     for the table at the end of the run."""
-    monkeypatch.setattr(conv, "WINOGRAD4_MIN_INFERENCE_TILES", 0)
+    _f4_on_any_batch(monkeypatch)
     layer = _fast_layer("float32", "relu", input_shape=(10, 10, 32), filters=32, seed=3)
     x = np.random.default_rng(4).standard_normal((4, 10, 10, 32)).astype(np.float32)
     y = layer.forward_pooled(x) if pooled else layer.forward(x)
@@ -149,7 +155,7 @@ def _model():
 
 
 def test_model_fast_inference_is_off_by_default_and_close_to_exact(monkeypatch):
-    monkeypatch.setattr(conv, "WINOGRAD4_MIN_INFERENCE_TILES", 0)
+    _f4_on_any_batch(monkeypatch)
     model = _model()
     assert model.fast_inference is False
     x = np.random.default_rng(5).random((4, 16, 16, 16), dtype=np.float32)
@@ -168,7 +174,7 @@ def test_model_fast_inference_is_off_by_default_and_close_to_exact(monkeypatch):
 def test_training_and_grad_cam_are_untouched_by_fast_inference(monkeypatch):
     """Two copies trained alike, one predicting with F(4x4) between its steps, end bit for bit equal;
     Grad-CAM gives the exact heatmap with the setting on, and leaves it on."""
-    monkeypatch.setattr(conv, "WINOGRAD4_MIN_INFERENCE_TILES", 0)
+    _f4_on_any_batch(monkeypatch)
     gen = np.random.default_rng(6)
     x = gen.random((8, 16, 16, 16), dtype=np.float32)
     y = np.eye(3, dtype=np.float32)[gen.integers(0, 3, 8)]
@@ -186,7 +192,7 @@ def test_training_and_grad_cam_are_untouched_by_fast_inference(monkeypatch):
 
 
 def test_backward_after_a_fast_forward_pass_says_what_to_do(monkeypatch):
-    monkeypatch.setattr(conv, "WINOGRAD4_MIN_INFERENCE_TILES", 0)
+    _f4_on_any_batch(monkeypatch)
     layer = _fast_layer("float32", "relu")
     layer.forward(np.zeros((1,) + layer.input_shape, np.float32))
     with pytest.raises(RuntimeError, match=r"F\(4x4\) Winograd for fast inference.*fast_inference off"):

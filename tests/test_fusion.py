@@ -137,6 +137,10 @@ def test_inference_folds_batch_norm_into_the_convolution_bit_for_bit(winograd_ev
     for _ in range(3):  # moving statistics and weights away from their initial values
         model.train_on_batch(x, y)
     model.fast_inference = fast
+    from tinycnn.layers import conv
+    if fast:  # F(4x4) on these small images too
+        monkeypatch.setattr(conv, "WINOGRAD4_MIN_INFERENCE_TILES", 0)
+        monkeypatch.setattr(conv, "WINOGRAD4_MIN_IMAGE_TILES", 0)
     plan = model.plan
     steps = [type(s.owner).__name__ + ("+pool" if s.pool is not None else "") for s in plan.steps]
     assert {steps[k]: steps[j] for k, j in plan.folds.items()} == {"Conv2D": "BatchNormalization",
@@ -145,7 +149,6 @@ def test_inference_folds_batch_norm_into_the_convolution_bit_for_bit(winograd_ev
     calls = []
     original = BatchNormalization.forward
     monkeypatch.setattr(BatchNormalization, "forward", lambda self, *a, **k: calls.append(self) or original(self, *a, **k))
-    from tinycnn.layers import conv
     for n in (5, 1):  # then one image, told to run im2col: its pooling and the BN step run after it
         if n == 1:
             monkeypatch.setattr(conv, "WINOGRAD_MIN_INFERENCE_TILES", 10**6)
@@ -154,6 +157,8 @@ def test_inference_folds_batch_norm_into_the_convolution_bit_for_bit(winograd_ev
         calls.clear()
         np.testing.assert_array_equal(model.predict(x[:n]), unfolded)
         assert len(calls) == (2 if n == 5 else 3)
+        ran = {type(layer._ran).__name__ for layer in model.layers if isinstance(layer, Conv2D)}
+        assert ("Winograd4x4" in ran) == (fast and n == 5)
     np.testing.assert_array_equal(model(x), model.plan.forward([x], False))
     with pytest.raises(RuntimeError, match="folded batch normalizations"):
         plan.forward([x], False, fold=True)

@@ -66,6 +66,10 @@ WINOGRAD_MIN_INFERENCE_TILES = 64
 # inference call with at least this many 4x4 output tiles over the batch (its kernel transform makes
 # 36 planes, 2.25x F(2x2)'s 16, so it needs more work to pay back).
 WINOGRAD4_MIN_INFERENCE_TILES = 64
+# ... and at least this many per image (a 16x16 output): on smaller images most 6x6 input tiles reach
+# into the padding and are copied out one value at a time (ResNet-18 at 64x64, batch 32: F(4x4) in its
+# 8x8 layers too made predict slower than without fast inference).
+WINOGRAD4_MIN_IMAGE_TILES = 16
 
 
 class Conv2D(ActivatedLayer):
@@ -191,7 +195,7 @@ class Conv2D(ActivatedLayer):
             return self.implementation
         if self.fast_inference:
             th4, tw4 = WG4.tile_grid(*self.output_shape[:2])
-            if n * th4 * tw4 >= WINOGRAD4_MIN_INFERENCE_TILES:
+            if th4 * tw4 >= WINOGRAD4_MIN_IMAGE_TILES and n * th4 * tw4 >= WINOGRAD4_MIN_INFERENCE_TILES:
                 if self._fast is None:
                     self._fast = Winograd4x4(self)
                 return self._fast
