@@ -43,17 +43,6 @@ def tile_grid(out_h, out_w):
     return (out_h + 1) // 2, (out_w + 1) // 2
 
 
-#: G of F(2x2, 3x3) (module docstring).
-G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-#: ``U = G g G^T`` is linear in the nine taps of g: ``U[4*xi + nu] = sum_ab G[xi, a] G[nu, b] g[a, b]``,
-#: so it is one matrix product with the Kronecker product ``kron(G, G)`` (16 x 9), whose row
-#: ``4*xi + nu`` and column ``3*a + b`` hold ``G[xi, a] G[nu, b]``; its adjoint is the product with the
-#: transpose. The forward transform stays a Numba loop over the two 1-D passes below (its rounding is
-#: the one model files of tinycnn 0.1 were made with: ``tests/test_functional.py`` predicts them bit for
-#: bit); the adjoint and the F(4x4) transform (``winograd4.py``) use the product.
-KERNEL_MAP = np.kron(G, G)
-
-
 @njit(nogil=True, cache=True)
 def kernel_transform(w, u):
     """``U = G g G^T`` for every (input channel, filter) pair.
@@ -85,13 +74,33 @@ def kernel_transform(w, u):
                 u[xi * 4 + 3, ch, k] = g2
 
 
+@njit(nogil=True, cache=True)
 def kernel_transform_backward(du, dw):
-    """Adjoint of :func:`kernel_transform`: ``dW = G^T dU G``, i.e. ``dw.reshape(9, C*F) =
-    kron(G, G)^T @ du.reshape(16, C*F)``: one BLAS product, nothing to compile.
+    """Adjoint of :func:`kernel_transform`: ``dW = G^T dU G`` (serial, as the forward).
 
-    du : ndarray (16, C, F); dw : ndarray (3, 3, C, F), C-contiguous, written.
+    du : ndarray (16, C, F); dw : ndarray (3, 3, C, F), written.
     """
-    np.matmul(KERNEL_MAP.T.astype(du.dtype), du.reshape(16, -1), out=dw.reshape(9, -1))
+    _, c, f = du.shape
+    for ch in range(c):
+        t = np.empty((4, 3, f), dtype=dw.dtype)
+        for xi in range(4):  # columns: t = dU G
+            for k in range(f):
+                d0 = du[xi * 4 + 0, ch, k]
+                d1 = du[xi * 4 + 1, ch, k]
+                d2 = du[xi * 4 + 2, ch, k]
+                d3 = du[xi * 4 + 3, ch, k]
+                t[xi, 0, k] = d0 + 0.5 * (d1 + d2)
+                t[xi, 1, k] = 0.5 * (d1 - d2)
+                t[xi, 2, k] = 0.5 * (d1 + d2) + d3
+        for b in range(3):  # rows: dW = G^T t
+            for k in range(f):
+                d0 = t[0, b, k]
+                d1 = t[1, b, k]
+                d2 = t[2, b, k]
+                d3 = t[3, b, k]
+                dw[0, b, ch, k] = d0 + 0.5 * (d1 + d2)
+                dw[1, b, ch, k] = 0.5 * (d1 - d2)
+                dw[2, b, ch, k] = 0.5 * (d1 + d2) + d3
 
 
 @njit(inline="always")
