@@ -15,7 +15,7 @@ import pytest
 
 import tinycnn
 from conftest import record_float32_error
-from tinycnn import _threads
+from test_conv_impl import small_chunks, threads  # noqa: F401  (fixtures: 1 and 2 threads; smallest chunks)
 from tinycnn.explain import grad_cam
 from tinycnn.gradcheck import relative_error
 from tinycnn.kernels import conv as K
@@ -78,21 +78,6 @@ def _f4_on_any_batch(monkeypatch):
     """Let F(4x4) run whatever the number of tiles (the layers here are small)."""
     monkeypatch.setattr(conv, "WINOGRAD4_MIN_INFERENCE_TILES", 0)
     monkeypatch.setattr(conv, "WINOGRAD4_MIN_IMAGE_TILES", 0)
-
-
-@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
-def threads(request, monkeypatch):
-    if request.param > 1 and not _threads._blas_controllers():
-        pytest.fail("threadpoolctl cannot see NumPy's BLAS here: the split path would never run")
-    monkeypatch.setattr(_threads, "thread_count", lambda: request.param)
-    return request.param
-
-
-@pytest.fixture(params=[False, True], ids=["whole batch", "smallest chunks"])
-def small_chunks(request, monkeypatch):
-    if request.param:
-        monkeypatch.setattr(conv, "WINOGRAD_CHUNK_BYTES", 1)
-    return request.param
 
 
 def _fast_layer(dtype, activation, use_bias=True, input_shape=(18, 14, 16), filters=8, seed=0):

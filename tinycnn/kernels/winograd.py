@@ -136,13 +136,28 @@ def _input_tile(src, h0, w0, v, row):
 
 
 @njit(inline="always")
+def copy_tile(x, n, h0, w0, patch):
+    """``patch`` (S, S, C) = the S x S tile of image ``n`` of ``x`` at ``(h0, w0)``, zeros where it
+    reaches outside the image: how an input tile at the edge meets its padding (here and in
+    ``winograd4.py``)."""
+    _, h, w, c = x.shape
+    for p in range(patch.shape[0]):
+        for q in range(patch.shape[1]):
+            hi = h0 + p
+            wi = w0 + q
+            inside = hi >= 0 and hi < h and wi >= 0 and wi < w
+            for ch in range(c):
+                patch[p, q, ch] = x[n, hi, wi, ch] if inside else 0
+
+
+@njit(inline="always")
 def _input_transform_row(x, ph, pw, th, tw, v, t, patch):
     """Input transform of tile row ``t`` (image ``t // th``, tile row ``t % th``).
 
     Tiles inside the image are read in place; tiles that reach into the padding are first copied
     into the zero-filled 4x4 ``patch`` (4, 4, C).
     """
-    _, h, w, c = x.shape
+    _, h, w, _ = x.shape
     n = t // th
     h0 = 2 * (t % th) - ph
     image = x[n]
@@ -150,13 +165,7 @@ def _input_transform_row(x, ph, pw, th, tw, v, t, patch):
         w0 = 2 * tj - pw
         src, hs, ws = image, h0, w0
         if not (h0 >= 0 and h0 + 4 <= h and w0 >= 0 and w0 + 4 <= w):
-            for p in range(4):
-                for q in range(4):
-                    hi = h0 + p
-                    wi = w0 + q
-                    inside = hi >= 0 and hi < h and wi >= 0 and wi < w
-                    for ch in range(c):
-                        patch[p, q, ch] = x[n, hi, wi, ch] if inside else 0
+            copy_tile(x, n, h0, w0, patch)
             src, hs, ws = patch, 0, 0
         # one call site, so the transform is compiled (inlined) once
         _input_tile(src, hs, ws, v, t * tw + tj)

@@ -31,7 +31,7 @@ The transforms are memory-bound like F(2x2)'s, but move 44% less data per output
 import numpy as np
 from numba import njit
 
-from .winograd import affine_rows
+from .winograd import affine_rows, copy_tile
 
 # Constants are float32, so that float32 data are not promoted to float64.
 _F = np.float32
@@ -139,13 +139,7 @@ def input_transform(x, ph, pw, th, tw, v):
             w0 = 4 * tj - pw
             src, hs, ws = image, h0, w0
             if not (h0 >= 0 and h0 + 6 <= h and w0 >= 0 and w0 + 6 <= w):
-                for p in range(6):
-                    for q in range(6):
-                        hi = h0 + p
-                        wi = w0 + q
-                        inside = hi >= 0 and hi < h and wi >= 0 and wi < w
-                        for ch in range(c):
-                            patch[p, q, ch] = x[n, hi, wi, ch] if inside else 0
+                copy_tile(x, n, h0, w0, patch)
                 src, hs, ws = patch, 0, 0
             _input_tile(src, hs, ws, v, t * tw + tj, tmp)  # one call site: the tile's code is compiled once
 
