@@ -247,9 +247,9 @@ class Model:
     def fast_inference(self):
         """Off by default. On, the inference calls (``predict``, ``evaluate``, ``model(x)``) run each
         Winograd convolution with F(4x4, 3x3) (``tinycnn/kernels/winograd4.py``): 36 matrix products
-        per 4x4 outputs instead of 64, about 1.3x the throughput of the reference model at batch 32
-        (README, Benchmarks), for float32 outputs that differ from the exact ones by about 1e-6 to
-        1e-5 of their scale instead of 1e-7. Training, ``train_on_batch`` and Grad-CAM always run
+        per 4x4 outputs instead of 64, 1.2x-1.3x the throughput of the reference model from batch 32
+        up (README, Benchmarks), for float32 outputs that differ from the exact ones by about 3e-6 of
+        their scale instead of 1e-7. Training, ``train_on_batch`` and Grad-CAM always run
         the exact algorithms. Keras has no such switch; it is a runtime setting, not saved."""
         return self._fast_inference
 

@@ -532,8 +532,8 @@ class Winograd(_Implementation):
 
     def chunk_tile_rows(self):
         """Tile rows per chunk: V and M in about ``WINOGRAD_CHUNK_BYTES``, and at least
-        ``WINOGRAD_MIN_CHUNK_WORK * C * F / (C + F)`` tiles (a row of tiles is TW tiles, 16 planes
-        of C + F values each). More than an image's TH rows means whole images per chunk."""
+        ``WINOGRAD_MIN_CHUNK_WORK * C * F / (C + F)`` tiles (a row of tiles is TW tiles, ``planes``
+        planes of C + F values each). More than an image's TH rows means whole images per chunk."""
         c, (oh, ow, f) = self.layer.input_shape[2], self.layer.output_shape
         _, tw = self.grid(oh, ow)
         by_bytes = WINOGRAD_CHUNK_BYTES // (self.planes * tw * (c + f) * self.layer.dtype.itemsize)
@@ -571,8 +571,8 @@ class Winograd(_Implementation):
         return i0, min(h, t * b - ph + 2), i0 - t * a + ph
 
     def _transformed_kernel(self, transform=True):
-        """U (16, C, F). The forward pass computes it; backward reuses it, as the weights have not
-        changed since."""
+        """U (planes, C, F). The forward pass computes it; backward reuses it, as the weights have
+        not changed since."""
         u = self.layer._buffer(f"{self.prefix}_u", (self.planes, self.layer.input_shape[2], self.layer.filters))
         if transform:
             self.kernels.kernel_transform(self.layer.params["kernel"], u)
