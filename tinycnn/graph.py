@@ -270,9 +270,9 @@ class Plan:
     def describe(self):
         """One line per step: ``step  inputs -> output  what runs``."""
         lines = []
+        folded_into = {j: k for k, j in self.folds.items()}
         for k, step in enumerate(self.steps):
             reads = ", ".join(f"#{i}" for i in step.inputs)
-            folded = f"  (folded into step {min(j for j, f in self.folds.items() if f == k)} in inference)" \
-                if k in self.folds.values() else ""
+            folded = f"  (folded into step {folded_into[k]} in inference)" if k in folded_into else ""
             lines.append(f"{k:>4}  {reads:>12} -> #{step.output:<4} {step.describe()}{folded}")
         return lines

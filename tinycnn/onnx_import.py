@@ -731,13 +731,18 @@ class _Importer:
         else:
             self._merge(node, Add)
 
-    def _bias(self, node):
-        """``Add`` of a constant: the bias of the Dense (from ``MatMul``) or Conv2D before it."""
+    def _constant_operand(self, node, owners):
+        """For a two-input node with one constant input: ``(k, x, step, constant)``, with ``x`` the
+        other input (input ``k``) and ``step`` the layer step of a class in ``owners`` that made it
+        and nothing else reads (see :meth:`_private`), or None."""
         self._attributes(node, set())
         k = 0 if node.input[1] in self.constants else 1
         x = self._value(node, k)
-        step = self._private(node.input[k], x, (Dense, Conv2D))
-        bias = self.constants[node.input[1 - k]]
+        return k, x, self._private(node.input[k], x, owners), self.constants[node.input[1 - k]]
+
+    def _bias(self, node):
+        """``Add`` of a constant: the bias of the Dense (from ``MatMul``) or Conv2D before it."""
+        k, x, step, bias = self._constant_operand(node, (Dense, Conv2D))
         units = x.shape[-1]
         channel_shape = [1] * x.onnx_rank()
         channel_shape[x.channel_axis()] = units
@@ -762,11 +767,7 @@ class _Importer:
 
     def _average(self, node):
         """``Mul`` of a ``Sum`` of ``n`` inputs by the constant ``1/n``: tinycnn's export of Average."""
-        self._attributes(node, set())
-        k = 0 if node.input[1] in self.constants else 1
-        x = self._value(node, k)
-        step = self._private(node.input[k], x, (Add,))
-        scale = self.constants[node.input[1 - k]]
+        k, x, step, scale = self._constant_operand(node, (Add,))
         if step is None or step.op != "Sum" or scale.size != 1 or scale.ndim > 1 or scale.dtype.kind != "f" \
                 or scale.reshape(()) != np.float32(1.0 / len(step.inputs)):
             raise self.unsupported(node, "Mul by a constant other than 1/n right after a Sum of n inputs (an "

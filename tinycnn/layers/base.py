@@ -391,8 +391,9 @@ class ActivatedLayer(Layer):
         return self.params["bias"] if self.use_bias else np.empty(0, dtype=self.dtype)
 
     def _no_affine(self):
-        """The empty scale (and shift) that tells an output pass there is no affine map to apply."""
-        return np.empty(0, dtype=self.dtype)
+        """The empty scale (and shift) that tells an output pass there is no affine map to apply (one
+        array, kept: every forward pass asks for it)."""
+        return self._buffer("no_affine", (0,))
 
     def _activate(self, z2d, affine=None):
         """Bias + activation on the (M, F) product, in place where possible. Returns y2d.
