@@ -696,10 +696,13 @@ class Winograd(_Implementation):
                     # V is no longer needed: its memory takes dV
                     k.input_product(m[:, :rows], ut, out=v[:, :rows])
                     # the adjoint overwrites its rows; the top two were the previous chunk's bottom two
-                    shared = dx[n0:n1, i0:min(i0 + 2, i1)].copy() if a > 0 else None
+                    top = slice(i0, min(i0 + 2, i1))
+                    if a > 0:
+                        shared = layer._buffer(f"wino_shared{slot}", dx[n0:n1, top].shape)
+                        shared[...] = dx[n0:n1, top]
                     k.input_adjoint(v, ph, pw, b - a, tw, dx[n0:n1, i0:i1])
-                    if shared is not None:
-                        dx[n0:n1, i0:i0 + shared.shape[1]] += shared
+                    if a > 0:
+                        dx[n0:n1, top] += shared
             return du  # this slice's dU
 
         du = split_batch_sum(n, work)
